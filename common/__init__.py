@@ -1,0 +1,1 @@
+"""Shared code for the Neural Breakout pipeline (env, models, replay, datasets, metrics)."""

@@ -1,0 +1,85 @@
+"""Crash-safe file writing and self-describing checkpoints.
+
+Every artifact is written to a temporary name in the same folder and renamed, so an
+interrupted run never leaves half a file. Checkpoints are plain dicts of tensors and
+Python values that load with torch.load(..., weights_only=True).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common.cli import UserError
+
+CHECKPOINT_FORMAT = 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=indent).encode())
+
+
+def read_json(path: str | Path, stage_hint: str = "") -> Any:
+    """Read JSON written by an earlier stage; missing or corrupt files are a UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} not found" + (f": run {stage_hint} first" if stage_hint else ""))
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err})"
+                        + (f": re-run {stage_hint}" if stage_hint else "")) from None
+
+
+def save_checkpoint(path: str | Path, kind: str, **fields: Any) -> None:
+    """Save a self-describing checkpoint: {'kind', 'format', **fields}, atomically."""
+    import torch
+
+    payload = {"kind": kind, "format": CHECKPOINT_FORMAT, **fields}
+    _atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+
+
+def load_checkpoint(path: str | Path, kind: str, stage_hint: str = "", map_location: str = "cpu") -> dict:
+    """Load a checkpoint of the expected kind with weights_only=True.
+
+    Missing, corrupt and foreign files raise a UserError that names the stage to run.
+    """
+    import torch
+
+    path = Path(path)
+    hint = f": run {stage_hint} first" if stage_hint else ""
+    if not path.exists():
+        raise UserError(f"checkpoint {path} not found{hint}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise UserError(f"{path} is corrupt or not a checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("kind") != kind:
+        found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+        raise UserError(f"{path} is not a {kind} checkpoint (found {found!r})")
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} has checkpoint format {payload.get('format')!r}, "
+                        f"expected {CHECKPOINT_FORMAT}: re-create it with this version")
+    return payload
