@@ -1,0 +1,394 @@
+"""Stage 02: record gameplay at every skill level as the world model's data set.
+
+For level 0 a uniformly random player (fresh action every step: the data the world model needs to
+learn what the player chose); for every checkpoints/dqn/skill_level_k.pt (k >= 1) the DQN agent.
+Writes one native 210x160 RGB PNG per agent step, data/actions/skill_level_k_actions.json, an MP4
+per episode and data/actions/summary.json (DESIGN.md, 02 contract). Games run in parallel; each
+episode lands in a temporary folder that is renamed when complete, and the JSON is rewritten
+atomically after every episode, so Ctrl-C or a crash leaves only complete episodes.
+
+    python 02_record_videos.py                          # level 0 random + every DQN skill level
+    python 02_record_videos.py --policy random --preset quick
+    python 02_record_videos.py --bulk --total-videos 100 --percent-random 20
+    python 02_record_videos.py --verify                 # check the data set against the contract
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from common import dataset as ds
+from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_int, positive_int,
+                        probability, run_main)
+from common.io import atomic_write_json
+from common.recorder import (RANDOM_ENV_CONFIG, choose_split, episode_seed, gym_id, record_episode,
+                             worker_init)
+
+PRESETS = {
+    "smoke": {"random_episodes": 4, "episodes": 2, "max_steps": 60},
+    "quick": {"random_episodes": 130, "episodes": 5, "max_steps": 4000},
+    "full": {"random_episodes": 50, "episodes": 50, "max_steps": 27_000},
+}
+
+
+def level_list(text: str) -> set[int]:
+    try:
+        levels = {int(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of levels") from None
+    if not levels or min(levels) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of levels")
+    return levels
+
+
+def parse_args() -> argparse.Namespace:
+    presets = "\n".join(f"  {name:<6} " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+                         for name, values in PRESETS.items())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="presets:\n" + presets)
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where the data set is written")
+    parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
+                        help="checkpoint root; DQN skill levels are read from <dir>/dqn/skill_level_k.pt")
+    add_preset_arg(parser)
+    parser.add_argument("--policy", choices=("auto", "random", "dqn"), default="auto",
+                        help="auto: level 0 random + DQN levels >= 1; random: level 0 only, no checkpoint "
+                             "needed; dqn: every skill_level_k.pt including the untrained level 0")
+    parser.add_argument("--levels", type=level_list, default=None,
+                        help="comma-separated skill levels to record, e.g. 0,2 (default all)")
+    parser.add_argument("--episodes", type=positive_int, default=None, help="episodes per DQN level")
+    parser.add_argument("--random-episodes", type=positive_int, default=None,
+                        help="episodes for the random-policy level 0")
+    parser.add_argument("--max-steps", type=positive_int, default=None,
+                        help="agent steps after which a game is cut (recorded as truncated)")
+    parser.add_argument("--frame-skip", type=positive_int, default=None,
+                        help="emulator frames per agent step (default: the agent's, 4); a DQN plays worse "
+                             "at a frame skip it was not trained on")
+    parser.add_argument("--epsilon", type=probability, default=0.05,
+                        help="chance of a uniformly random action at each DQN step (0.05 = Stage 01's evaluation)")
+    parser.add_argument("--bulk", action="store_true",
+                        help="add --total-videos episodes spread over the DQN levels, with "
+                             "--percent-random random actions mixed in (fresh each step)")
+    parser.add_argument("--total-videos", type=positive_int, default=100, help="episodes to add in --bulk mode")
+    parser.add_argument("--percent-random", type=float, default=20.0,
+                        help="percent of steps with a uniformly random action in --bulk mode")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--replace", action="store_true",
+                      help="re-record the chosen levels; the old episodes are removed only once the new ones are complete")
+    mode.add_argument("--add", action="store_true",
+                      help="record the requested number of episodes on top of the existing ones "
+                           "(default: top up each level to the requested number)")
+    parser.add_argument("--no-video", action="store_true", help="skip the MP4s (PNGs and JSON only)")
+    parser.add_argument("--workers", type=positive_int, default=min(os.cpu_count() or 1, 8),
+                        help="games played in parallel (default: one per CPU core, at most 8)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="episode seeds and splits follow from (seed, level, episode index)")
+    parser.add_argument("--verify", action="store_true",
+                        help="only check the existing data set (decodes every PNG) and exit non-zero on problems")
+    args = parser.parse_args()
+    if args.verify:
+        return args
+    args = apply_preset(args, PRESETS)
+    if not 0.0 <= args.percent_random <= 100.0:
+        parser.error("--percent-random must be between 0 and 100")
+    return args
+
+
+def file_sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def find_checkpoints(checkpoint_dir: Path) -> dict[int, Path]:
+    folder = checkpoint_dir / "dqn"
+    found = {}
+    if folder.is_dir():
+        for path in folder.glob("skill_level_*.pt"):
+            match = re.fullmatch(r"skill_level_(\d+)\.pt", path.name)
+            if match:
+                found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def plan_levels(args: argparse.Namespace) -> list[dict]:
+    """Which levels to record, with which policy and env settings, and how many episodes each."""
+    wanted = args.levels
+    checkpoints = find_checkpoints(args.checkpoint_dir) if args.policy != "random" else {}
+    plans = []
+    if args.bulk:
+        levels = [k for k in checkpoints if k >= 1 and (wanted is None or k in wanted)]
+        if not levels:
+            raise UserError(f"--bulk needs trained DQN checkpoints (skill_level_k.pt, k >= 1) in "
+                            f"{args.checkpoint_dir / 'dqn'}: run 01_train_dqn.py first")
+        counts = np.bincount(np.arange(args.total_videos) % len(levels), minlength=len(levels))
+        for level, count in zip(levels, counts):
+            plans.append({"level": level, "policy": "dqn", "checkpoint": checkpoints[level],
+                          "count": int(count), "random_fraction": args.percent_random / 100.0})
+        return [p for p in plans if p["count"] > 0]
+    if args.policy in ("auto", "random") and (wanted is None or 0 in wanted):
+        plans.append({"level": 0, "policy": "random", "checkpoint": None, "count": args.random_episodes,
+                      "random_fraction": 1.0})
+    for level, path in checkpoints.items():
+        if (level >= 1 or args.policy == "dqn") and (wanted is None or level in wanted):
+            plans.append({"level": level, "policy": "dqn", "checkpoint": path, "count": args.episodes,
+                          "random_fraction": args.epsilon})
+    if args.policy == "auto" and not checkpoints:
+        print(f"no DQN checkpoints in {args.checkpoint_dir / 'dqn'}: recording the random level 0 only "
+              f"(run 01_train_dqn.py for the skill levels)")
+    if args.policy == "dqn" and not plans:
+        raise UserError(f"no skill_level_k.pt in {args.checkpoint_dir / 'dqn'}: run 01_train_dqn.py first "
+                        f"(or record random play with --policy random)")
+    if not plans:
+        raise UserError(f"nothing to record for levels {sorted(wanted)} (checkpoints found: {sorted(checkpoints)})")
+    return plans
+
+
+def level_header(plan: dict, frame_skip: int | None) -> dict:
+    """The per-level JSON header: what a reader needs to interpret the actions and frames."""
+    if plan["policy"] == "random":
+        env_config, checkpoint = dict(RANDOM_ENV_CONFIG), None
+    else:
+        from common.dqn import load_policy
+
+        policy = load_policy(plan["checkpoint"], "cpu")
+        env_config = dict(policy.env_config)
+        checkpoint = {"name": plan["checkpoint"].name, "sha1": file_sha1(plan["checkpoint"]),
+                      "step": policy.step, "eval_score": policy.eval_score}
+    env_config["frame_skip"] = frame_skip or env_config["frame_skip"]
+    return {"format": ds.FORMAT, "game": env_config["game"], "env_id": gym_id(env_config["game"]),
+            "level": plan["level"], "frame_skip": env_config["frame_skip"],
+            "action_meanings": list(env_config["action_meanings"]), "frame_shape": list(ds.FRAME_SHAPE),
+            "sticky_actions": 0.0, "noop_max": env_config["noop_max"], "stack": env_config["stack"],
+            "policy": plan["policy"], "checkpoint": checkpoint, "env_config": env_config}
+
+
+class LevelStore:
+    """One level's episodes on disk plus its JSON; the only code that moves episodes into place."""
+
+    COMPATIBLE = ("game", "frame_skip", "action_meanings", "policy", "checkpoint")
+
+    def __init__(self, data_dir: Path, header: dict, mode: str):
+        self.data_dir, self.header, self.mode = data_dir, header, mode
+        self.level = header["level"]
+        self.json_path = ds.actions_path(data_dir, self.level)
+        self.frames_dir = ds.level_frames_dir(data_dir, self.level)
+        self.videos_dir = ds.video_path(data_dir, self.level, 0).parent
+        doc = ds.read_level(self.json_path) if self.json_path.exists() else {"episodes": []}
+        self.old = doc["episodes"]
+        if self.old and mode != "replace":
+            clash = [key for key in self.COMPATIBLE if doc.get(key) != header[key]]
+            if clash:
+                raise UserError(f"level {self.level} in {self.json_path} was recorded with different "
+                                f"{', '.join(clash)}; use --replace to re-record it")
+        self.new: list[dict] = []
+        self.remove_orphans()
+        used = [record["index"] for record in self.old]
+        self.next_index = max(used) + 1 if used else 0
+
+    def remove_orphans(self) -> None:
+        """Temporary folders and episodes no JSON lists (left by a killed run) are not data: delete them."""
+        listed = {ds.episode_dir_name(record["index"]) for record in self.old}
+        for folder in (self.frames_dir, self.videos_dir):
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if path.name.startswith(".tmp_") or (path.stem.startswith("episode_") and path.stem not in listed):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def existing_count(self) -> int:
+        return 0 if self.mode == "replace" else len(self.old)
+
+    def job(self, index: int, args: argparse.Namespace, plan: dict) -> dict:
+        name = ds.episode_dir_name(index)
+        return {"level": self.level, "index": index, "seed": episode_seed(args.seed, self.level, index),
+                "split": choose_split(args.seed, self.level, index), "policy": plan["policy"],
+                "checkpoint": str(plan["checkpoint"]) if plan["checkpoint"] else None,
+                "checkpoint_name": plan["checkpoint"].name if plan["checkpoint"] else None,
+                "random_fraction": plan["random_fraction"], "frame_skip": self.header["frame_skip"],
+                "env_config": self.header["env_config"], "max_steps": args.max_steps,
+                "folder": f"raw_gameplay/{ds.level_name(self.level)}/{name}",
+                "tmp_dir": str(self.frames_dir / f".tmp_{name}"),
+                "video_tmp": None if args.no_video else str(self.videos_dir / f".tmp_{name}.mp4")}
+
+    def add(self, record: dict, job: dict) -> None:
+        """Move a finished episode into place, then list it (replace mode lists it only at finish())."""
+        if job["video_tmp"]:
+            os.replace(job["video_tmp"], ds.video_path(self.data_dir, self.level, record["index"]))
+        os.replace(job["tmp_dir"], self.data_dir / record["folder"])
+        self.new.append(record)
+        if self.mode != "replace":
+            self.write(self.old + self.new)
+
+    def finish(self) -> None:
+        """Replace mode: swap the level's JSON to the new episodes, then delete the old ones."""
+        if self.mode != "replace":
+            return
+        self.write(self.new)
+        for record in self.old:
+            shutil.rmtree(self.data_dir / record["folder"], ignore_errors=True)
+            ds.video_path(self.data_dir, self.level, record["index"]).unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        """After an interruption: drop temporary files and (replace mode) the unlisted new episodes."""
+        self.old = ds.read_level(self.json_path)["episodes"] if self.json_path.exists() else []
+        self.remove_orphans()
+
+    def write(self, episodes: list[dict]) -> None:
+        header = {k: v for k, v in self.header.items() if k != "env_config"}
+        atomic_write_json(self.json_path, {**header, "episodes": sorted(episodes, key=lambda r: r["index"])})
+
+
+@contextmanager
+def recording_lock(data_dir: Path):
+    """One recording per data dir at a time: a second one would delete the first one's temporary folders."""
+    owner = ds.recording_pid(data_dir)
+    if owner is not None and owner != os.getpid():
+        raise UserError(f"another recording (pid {owner}) is writing to {data_dir}; wait for it or stop it")
+    lock = ds.lock_path(data_dir)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def run_jobs(jobs: list[tuple[LevelStore, dict]], workers: int) -> tuple[int, float]:
+    """Play every job (in parallel), moving each finished episode into place; returns frames and seconds."""
+    by_folder = {job["folder"]: (store, job) for store, job in jobs}
+    start, frames = time.perf_counter(), 0
+    bar = tqdm(total=len(jobs), unit="ep", desc="recording", dynamic_ncols=True)
+
+    def done(record: dict) -> None:
+        nonlocal frames
+        store, job = by_folder[record["folder"]]
+        store.add(record, job)
+        frames += record["num_frames"]
+        bar.update(1)
+        bar.set_postfix(frames=frames, fps=f"{frames / (time.perf_counter() - start):.0f}",
+                        score=f"{record['score']:g}")
+
+    try:
+        if workers == 1:
+            for _, job in jobs:
+                done(record_episode(job))
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers, initializer=worker_init) as pool:
+                for record in pool.imap_unordered(record_episode, [job for _, job in jobs]):
+                    done(record)
+    finally:
+        bar.close()
+    return frames, time.perf_counter() - start
+
+
+def summarize(data_dir: Path) -> dict:
+    """Per level: episodes, frames, splits, scores, action histogram, share of changed actions."""
+    levels = {}
+    for level, path in ds.level_files(data_dir).items():
+        doc = ds.read_level(path)
+        episodes = doc["episodes"]
+        if not episodes:
+            continue
+        scores = np.array([e["score"] for e in episodes], dtype=float)
+        actions = [np.asarray(e["actions"]) for e in episodes]
+        all_actions = np.concatenate(actions)
+        changed = sum(int((a[1:] != a[:-1]).sum()) for a in actions)
+        pairs = sum(max(len(a) - 1, 0) for a in actions)
+        meanings = doc.get("action_meanings") or []
+        histogram = np.bincount(all_actions, minlength=len(meanings)) / max(len(all_actions), 1)
+        levels[str(level)] = {
+            "policy": doc.get("policy"), "checkpoint": (doc.get("checkpoint") or {}).get("name"),
+            "checkpoint_eval_score": (doc.get("checkpoint") or {}).get("eval_score"),
+            "frame_skip": doc.get("frame_skip"), "episodes": len(episodes),
+            "frames": int(sum(e["num_frames"] for e in episodes)),
+            "splits": {s: sum(e["split"] == s for e in episodes) for s in ds.SPLITS},
+            "score_mean": float(scores.mean()), "score_std": float(scores.std()),
+            "score_min": float(scores.min()), "score_max": float(scores.max()),
+            "mean_length": float(np.mean([e["num_frames"] for e in episodes])),
+            "truncated": int(sum(bool(e.get("truncated")) for e in episodes)),
+            "random_action_share": float(sum(e.get("random_steps", 0) for e in episodes) / max(len(all_actions), 1)),
+            "action_histogram": {name: float(h) for name, h in zip(meanings, histogram)},
+            "action_changed_share": changed / max(pairs, 1),
+        }
+    return {"levels": levels, "total_episodes": sum(v["episodes"] for v in levels.values()),
+            "total_frames": sum(v["frames"] for v in levels.values())}
+
+
+def print_summary(summary: dict) -> None:
+    print(f"\n{'level':>5} {'policy':>6} {'eps':>4} {'frames':>7} {'tr/va/te':>9} {'score mean±std':>15} "
+          f"{'min':>5} {'max':>5} {'len':>6} {'rand':>5} {'chg':>5}  actions")
+    for level, s in summary["levels"].items():
+        splits = "/".join(str(s["splits"][k]) for k in ds.SPLITS)
+        hist = " ".join(f"{name}:{share:.0%}" for name, share in s["action_histogram"].items())
+        print(f"{level:>5} {s['policy']:>6} {s['episodes']:>4} {s['frames']:>7} {splits:>9} "
+              f"{s['score_mean']:>8.1f}±{s['score_std']:<6.1f} {s['score_min']:>5g} {s['score_max']:>5g} "
+              f"{s['mean_length']:>6.0f} {s['random_action_share']:>5.0%} {s['action_changed_share']:>5.0%}  {hist}")
+    print(f"total: {summary['total_episodes']} episodes, {summary['total_frames']} frames "
+          f"(rand = share of random actions, chg = share of steps whose action differs from the previous)")
+
+
+def verify(data_dir: Path) -> None:
+    problems = ds.verify_dataset(data_dir, decode=True)
+    if problems:
+        print("\n".join(problems))
+        raise UserError(f"{len(problems)} problem(s) in the data set under {data_dir}")
+    episodes = ds.load_episodes(data_dir)
+    print(f"ok: {len(episodes)} episodes, {sum(e.num_frames for e in episodes)} frames under {data_dir} "
+          f"match the 02 contract")
+
+
+def record(args: argparse.Namespace, plans: list[dict]) -> None:
+    """Top up, add to or replace each planned level, moving every finished episode into place."""
+    mode = "replace" if args.replace else "add" if (args.add or args.bulk) else "top-up"
+    stores, jobs = [], []
+    for plan in plans:
+        store = LevelStore(args.data_dir, level_header(plan, args.frame_skip), mode)
+        count = plan["count"] if mode != "top-up" else max(plan["count"] - store.existing_count(), 0)
+        if count == 0:
+            print(f"level {plan['level']}: already has {store.existing_count()} episodes "
+                  f"(--add for more, --replace to re-record)")
+        stores.append(store)
+        jobs += [(store, store.job(store.next_index + i, args, plan)) for i in range(count)]
+    print(f"recording {len(jobs)} episodes over levels {[p['level'] for p in plans]} with {args.workers} "
+          f"worker(s) into {args.data_dir} ({mode}, max {args.max_steps} steps per episode)")
+    try:
+        frames, seconds = run_jobs(jobs, args.workers) if jobs else (0, 0.0)
+    except BaseException:
+        for store in stores:
+            store.abandon()
+        kept = sum(len(s.new) for s in stores if s.mode != "replace")
+        print(f"stopped: {kept} complete episode(s) kept, partial ones removed", file=sys.stderr)
+        raise
+    for store in stores:
+        store.finish()
+    if jobs:
+        print(f"recorded {frames} frames in {seconds:.1f} s = {frames / max(seconds, 1e-9):.0f} frames/s")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.verify:
+        verify(args.data_dir)
+        return
+    plans = plan_levels(args)
+    with recording_lock(args.data_dir):
+        record(args, plans)
+    summary = summarize(args.data_dir)
+    atomic_write_json(ds.summary_path(args.data_dir), summary)
+    print_summary(summary)
+    problems = ds.verify_dataset(args.data_dir, decode=False)
+    if problems:
+        raise UserError("the data set fails the contract check:\n  " + "\n  ".join(problems[:10]))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,356 @@
+"""Stage 3: learn latent actions and a next-frame world model from the recorded videos alone.
+
+Reads data/ (Stage 02), writes checkpoints/latent_action/{best,latest}.pt, metrics.json, PNG sheets
+and a rollout GIF. The recorded real actions are never a training input: they only feed the
+per-action code histogram that shows, while training runs, whether the codes discovered the controls.
+
+    python 03_train_latent_action.py --preset quick           # ~25 min on a 2-core CPU
+    python 03_train_latent_action.py --seeds-config           # the seeds' 5x7 grid of 256 codes
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, pick_device,
+                        positive_float, positive_int, probability, run_main, set_threads)
+from common.frame_cache import FrameCache, load_frame_cache
+from common.io import atomic_write_json, load_checkpoint, save_checkpoint
+from common.latent_action import CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionModel, checkpoint_dir
+from common.wm_eval import action_code_table, evaluate_world_model
+
+PRESETS = {
+    "smoke": {"time_budget": 0.25, "max_steps": 40, "batch_size": 4, "eval_every": 5.0, "val_batches": 2,
+              "eval_episodes": 1, "rollout_steps": 8, "widths": "8,8,8,8", "encoder_width": 8,
+              "collapse_check_after": 10**9},
+    "quick": {"time_budget": 25.0, "max_steps": 10**9, "batch_size": 32, "eval_every": 120.0, "val_batches": 8,
+              "eval_episodes": 8, "rollout_steps": 50, "widths": None, "encoder_width": None,
+              "collapse_check_after": 1500},
+    "full": {"time_budget": 240.0, "max_steps": 10**9, "batch_size": 64, "eval_every": 300.0, "val_batches": 32,
+             "eval_episodes": 32, "rollout_steps": 50, "widths": "64,128,192,256", "encoder_width": 96,
+             "collapse_check_after": 3000},
+}
+SEEDS_CONFIG = {"context_frames": 1, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128, "skips": False,
+                "copy_bias": False}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="data", help="Stage 02 output (raw_gameplay/, actions/)")
+    p.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint root; writes latent_action/ under it")
+    p.add_argument("--log-dir", default=None, help="CSV + TensorBoard logs (default runs/latent_action)")
+    add_preset_arg(p)
+    p.add_argument("--time-budget", type=positive_float, default=None, help="training minutes (wall clock)")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many updates")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (cosine decay to 5%%)")
+    p.add_argument("--context-frames", type=positive_int, default=None, help="k past frames (default 3)")
+    p.add_argument("--num-codes", type=positive_int, default=None, help="codebook size (default 8)")
+    p.add_argument("--code-dim", type=positive_int, default=None, help="codebook vector size (default 16)")
+    p.add_argument("--code-grid", default=None, help="ROWSxCOLS grid of codes instead of one (seeds: 7x5)")
+    p.add_argument("--widths", default=None, help="decoder channels per level, comma-separated")
+    p.add_argument("--encoder-width", type=positive_int, default=None)
+    p.add_argument("--no-skips", action="store_true", help="decoder sees the past only through its bottleneck")
+    p.add_argument("--seeds-config", action="store_true",
+                   help="the seeds' model: 1 past frame, 7x5 grid of 256 codes of dim 128, no skips")
+    p.add_argument("--changed-weight", type=non_negative_float, default=20.0,
+                   help="extra loss weight on pixels that differ from the last past frame")
+    p.add_argument("--keep-static", type=probability, default=0.1,
+                   help="share of motionless pixel cells scored per update (reweighted; saves CPU)")
+    p.add_argument("--ema-decay", type=probability, default=None, help="codebook EMA decay (default 0.9)")
+    p.add_argument("--dead-code-threshold", type=probability, default=0.02,
+                   help="restart codes whose recent usage share is below this")
+    p.add_argument("--restart-every", type=positive_int, default=50, help="updates between dead-code checks")
+    p.add_argument("--collapse-check-after", type=positive_int, default=None,
+                   help="updates after which a collapsed codebook (perplexity < 1.3) stops training")
+    p.add_argument("--eval-every", type=positive_float, default=None, help="seconds between validation passes")
+    p.add_argument("--val-batches", type=positive_int, default=None)
+    p.add_argument("--eval-episodes", type=positive_int, default=None, help="test episodes for the final evaluation")
+    p.add_argument("--rollout-steps", type=positive_int, default=None, help="longest rollout in the evaluation")
+    p.add_argument("--resume", action="store_true", help="continue from latent_action/latest.pt")
+    p.add_argument("--rebuild-cache", action="store_true", help="decode the PNGs again even if the cache is fresh")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    args = apply_preset(p.parse_args(), PRESETS)
+    return args
+
+
+def model_config(args: argparse.Namespace, palette: list) -> dict:
+    config = dict(DEFAULT_CONFIG, palette=[list(c) for c in palette])
+    if args.seeds_config:
+        config.update(SEEDS_CONFIG)
+    for flag, key in (("context_frames", "context_frames"), ("num_codes", "num_codes"), ("code_dim", "code_dim"),
+                      ("encoder_width", "encoder_width"), ("ema_decay", "ema_decay")):
+        if getattr(args, flag) is not None:
+            config[key] = getattr(args, flag)
+    if args.widths:
+        try:
+            config["widths"] = [int(w) for w in args.widths.split(",")]
+        except ValueError:
+            raise UserError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
+    if args.code_grid:
+        try:
+            config["code_grid"] = [int(v) for v in args.code_grid.lower().split("x")]
+        except ValueError:
+            raise UserError(f"--code-grid must look like 7x5, got {args.code_grid!r}") from None
+    if args.no_skips:
+        config["skips"] = False
+    return config
+
+
+class TransitionSampler:
+    """Random (k past frames, next frame) pairs from one split; never crosses an episode boundary.
+
+    Early transitions repeat frame 0 as their missing past, as the downstream stages do.
+    """
+
+    def __init__(self, cache: FrameCache, split: str, k: int, seed: int):
+        episodes = cache.split(split)
+        if not episodes:
+            raise UserError(f"the data set has no '{split}' episodes: record more episodes with 02_record_videos.py")
+        self.frames, self.k = cache.frames, k
+        self.start = np.concatenate([np.full(e.num_frames - 1, e.start) for e in episodes])
+        self.t = np.concatenate([np.arange(e.num_frames - 1) for e in episodes])
+        self.action = np.concatenate([np.asarray(e.actions, dtype=np.int64) for e in episodes])
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        offsets = np.arange(-self.k + 1, 1)
+        past_rows = self.start[rows, None] + np.maximum(self.t[rows, None] + offsets, 0)
+        next_rows = self.start[rows] + self.t[rows] + 1
+        past = torch.from_numpy(self.frames[past_rows.ravel()].reshape(len(rows), self.k, 210, 160))
+        nxt = torch.from_numpy(self.frames[next_rows])
+        return past, nxt, self.action[rows]
+
+    def sample(self, batch_size: int):
+        return self.batch(self.rng.integers(len(self), size=batch_size))
+
+
+def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, changed_weight: float,
+               keep_static: float = 1.0):
+    """Per-pixel colour cross-entropy where pixels that change weigh 1 + changed_weight, + the VQ loss.
+
+    Cells (patch x patch pixel blocks) where nothing moves in the last two transitions are easy with the
+    copy bias; a random `keep_static` share of them is scored (reweighted), which saves most of the
+    head and loss work on CPU.
+    """
+    quantized, codes, vq_loss = model.encode_indices(past, nxt)
+    features = model.decode_features(past, quantized)
+    target = model.folded_target(nxt)
+    last = model.folded_target(past[:, -1])
+    moving = (target != last).any(-1)
+    if past.shape[1] > 1:
+        moving |= (last != model.folded_target(past[:, -2])).any(-1)
+    keep = moving | (torch.rand(moving.shape, device=moving.device) < keep_static)
+    cell_weight = torch.where(moving, 1.0, 1.0 / keep_static)[keep]
+    target, last = target[keep], last[keep]
+    logits = model.cell_logits(features[keep], last)
+    weight = (1.0 + changed_weight * (target != last).float()) * (target >= 0).float() * cell_weight[:, None]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none",
+                         ignore_index=-100)
+    recon = (ce * weight.reshape(-1)).sum() / weight.sum()
+    return recon, vq_loss, codes, (logits, target, last)
+
+
+@torch.no_grad()
+def validate(model: LatentActionModel, sampler: TransitionSampler, batches: list[np.ndarray], device,
+             changed_weight: float) -> dict:
+    model.eval()
+    totals, counts = {"recon": 0.0, "changed_acc": 0.0}, 0
+    codes_all, actions_all = [], []
+    for rows in batches:
+        past, nxt, actions = sampler.batch(rows)
+        past, nxt = past.to(device), nxt.to(device)
+        recon, _, codes, (logits, target, last) = loss_terms(model, past, nxt, changed_weight)
+        changed = target != last
+        correct = (logits.argmax(-1) == target) & changed
+        totals["recon"] += recon.item()
+        totals["changed_acc"] += (correct.sum() / changed.sum().clamp(min=1)).item()
+        counts += 1
+        codes_all.append(codes[:, 0].cpu().numpy())
+        actions_all.append(actions)
+    model.train()
+    result = {key: value / counts for key, value in totals.items()}
+    table = action_code_table(np.concatenate(actions_all), np.concatenate(codes_all), model.num_codes)
+    result["code_purity"], result["code_separation"] = table["purity"], table["separation"]
+    return result
+
+
+def save(path: Path, model, optimizer, args, step: int, elapsed: float, best_val: float, fingerprint: str,
+         rng: np.random.Generator) -> None:
+    save_checkpoint(path, CHECKPOINT_KIND, model=model.state_dict(), config=model.config,
+                    optimizer=optimizer.state_dict(), step=step, elapsed=elapsed, best_val=best_val,
+                    data_fingerprint=fingerprint, args={k: v for k, v in vars(args).items()},
+                    torch_rng=torch.get_rng_state(), numpy_rng=rng.bit_generator.state)
+
+
+def main() -> None:
+    args = parse_args()
+    threads = set_threads(args.threads)
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    out_dir = checkpoint_dir(args.checkpoint_dir)
+    log_dir = Path(args.log_dir or "runs/latent_action")
+    cache = load_frame_cache(args.data_dir, rebuild=args.rebuild_cache)
+
+    config = model_config(args, cache.palette)
+    try:
+        model = LatentActionModel(config).to(device)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    step, elapsed_before, best_val = 0, 0.0, math.inf
+    train = TransitionSampler(cache, "train", model.context_frames, args.seed)
+    if args.resume:
+        state = load_checkpoint(out_dir / "latest.pt", CHECKPOINT_KIND, "03_train_latent_action.py (without --resume)")
+        if state["config"] != config:
+            raise UserError("--resume: latest.pt was trained with another model configuration; "
+                            "use the same flags or start over without --resume")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed_before, best_val = state["step"], state["elapsed"], state["best_val"]
+        torch.set_rng_state(state["torch_rng"])
+        train.rng.bit_generator.state = state["numpy_rng"]
+        print(f"resumed from step {step} ({elapsed_before / 60:.1f} min trained)")
+    val = TransitionSampler(cache, "val", model.context_frames, args.seed + 1)
+    val_rng = np.random.default_rng(1234)
+    val_batches = [val_rng.integers(len(val), size=args.batch_size) for _ in range(args.val_batches)]
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"latent action model: {n_params / 1e6:.2f}M parameters, k={model.context_frames}, "
+          f"{model.num_codes} codes x {model.code_positions} position(s); {len(train)} train / {len(val)} val "
+          f"transitions; device {device}, {threads} threads")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = log_dir / "train_log.csv"
+    csv_file = open(csv_path, "a" if args.resume else "w", newline="")
+    writer = csv.writer(csv_file)
+    if not args.resume:
+        writer.writerow(["step", "minutes", "samples_per_s", "lr", "recon", "vq", "perplexity", "codes_used",
+                         "train_code_purity", "train_code_separation", "val_recon", "val_changed_acc",
+                         "val_code_purity", "val_code_separation"])
+    from torch.utils.tensorboard import SummaryWriter
+    tb = SummaryWriter(str(log_dir / "tb"))
+
+    budget_s = args.time_budget * 60
+    use_amp = device.type == "cuda"
+    window_codes, window_actions = [], []
+    start = time.time()
+    last_eval, last_log, samples_since = start, start, 0
+    recent = {"recon": 0.0, "vq": 0.0, "n": 0}
+    bar = tqdm(total=args.max_steps if args.max_steps < 10**8 else None, initial=step, desc="03 latent", unit="step")
+    stop_reason = "budget"
+    try:
+        while True:
+            elapsed = elapsed_before + time.time() - start
+            progress = max(elapsed / budget_s, step / args.max_steps)
+            if progress >= 1:
+                break
+            lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            past, nxt, actions = train.sample(args.batch_size)
+            past, nxt = past.to(device), nxt.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                recon, vq_loss, codes, _ = loss_terms(model, past, nxt, args.changed_weight, args.keep_static)
+            loss = recon + vq_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            samples_since += args.batch_size
+            recent["recon"] += recon.item()
+            recent["vq"] += vq_loss.item()
+            recent["n"] += 1
+            window_codes.append(codes[:, 0].cpu().numpy())
+            window_actions.append(actions)
+            if step % args.restart_every == 0:
+                model.vq.restart_dead_codes(model.last_z, args.dead_code_threshold)
+            bar.update(1)
+            now = time.time()
+            if now - last_log >= 20 or now - last_eval >= args.eval_every or progress >= 1:
+                codes_np, actions_np = np.concatenate(window_codes), np.concatenate(window_actions)
+                table = action_code_table(actions_np, codes_np, model.num_codes)
+                usage = np.bincount(codes_np, minlength=model.num_codes) / len(codes_np)
+                perplexity = float(np.exp(-(usage[usage > 0] * np.log(usage[usage > 0])).sum()))
+                speed = samples_since / (now - last_log)
+                row = {"step": step, "minutes": (elapsed_before + now - start) / 60, "samples_per_s": speed, "lr": lr,
+                       "recon": recent["recon"] / recent["n"], "vq": recent["vq"] / recent["n"],
+                       "perplexity": perplexity, "codes_used": int((usage > 0).sum()),
+                       "train_code_purity": table["purity"], "train_code_separation": table["separation"]}
+                val_row = {}
+                if now - last_eval >= args.eval_every:
+                    val_row = validate(model, val, val_batches, device, args.changed_weight)
+                    last_eval = time.time()
+                    if val_row["recon"] < best_val:
+                        best_val = val_row["recon"]
+                        save(out_dir / "best.pt", model, optimizer, args, step, elapsed, best_val,
+                             cache.fingerprint, train.rng)
+                    save(out_dir / "latest.pt", model, optimizer, args, step, elapsed, best_val,
+                         cache.fingerprint, train.rng)
+                writer.writerow([row[k] for k in row] + [val_row.get(k, "") for k in
+                                                         ("recon", "changed_acc", "code_purity", "code_separation")])
+                csv_file.flush()
+                for key, value in {**row, **{f"val_{k}": v for k, v in val_row.items()}}.items():
+                    if key != "step":
+                        tb.add_scalar(f"latent/{key}", value, step)
+                bar.set_postfix(recon=f"{row['recon']:.3f}", ppl=f"{perplexity:.2f}", sep=f"{table['separation']:.2f}",
+                                sps=f"{speed:.0f}")
+                tqdm.write(f"step {step}: recon {row['recon']:.4f} perplexity {perplexity:.2f} "
+                           f"codes per action {table['histogram_text']}"
+                           + (f" | val recon {val_row['recon']:.4f} changed-pixel acc {val_row['changed_acc']:.3f}"
+                              if val_row else ""))
+                window_codes, window_actions = [], []
+                recent = {"recon": 0.0, "vq": 0.0, "n": 0}
+                last_log, samples_since = time.time(), 0
+                if step >= args.collapse_check_after and model.code_positions == 1 and perplexity < 1.3:
+                    stop_reason = "collapse"
+                    break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    bar.close()
+    elapsed = elapsed_before + time.time() - start
+    save(out_dir / "latest.pt", model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
+    final_val = validate(model, val, val_batches, device, args.changed_weight)
+    if final_val["recon"] < best_val or not (out_dir / "best.pt").exists():
+        best_val = final_val["recon"]
+        save(out_dir / "best.pt", model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
+    csv_file.close()
+    tb.close()
+    if stop_reason == "interrupted":
+        print(f"interrupted at step {step}: saved {out_dir / 'latest.pt'}; continue with --resume")
+        raise KeyboardInterrupt
+    if stop_reason == "collapse":
+        raise UserError(f"the codebook collapsed (perplexity < 1.3 after {step} updates): every transition gets "
+                        f"the same code, so the latent carries no action. Try a faster codebook (--ema-decay 0.8), "
+                        f"a smaller --num-codes, or more random-policy data. Checkpoints kept in {out_dir}")
+
+    print(f"trained {step} updates in {elapsed / 60:.1f} min; best val recon {best_val:.4f}; evaluating on test episodes")
+    best = LatentActionModel(config)
+    best.load_state_dict(load_checkpoint(out_dir / "best.pt", CHECKPOINT_KIND)["model"])
+    metrics = evaluate_world_model(best.to(device).eval(), cache, out_dir, episodes=args.eval_episodes,
+                                   rollout_steps=args.rollout_steps, seed=args.seed)
+    metrics["training"] = {"steps": step, "minutes": elapsed / 60, "best_val_recon": best_val,
+                           "samples_per_s": step * args.batch_size / max(elapsed, 1e-9), "batch_size": args.batch_size,
+                           "parameters": n_params, "preset": args.preset, "device": str(device), "threads": threads,
+                           "config": {k: v for k, v in config.items() if k != "palette"}}
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    print(f"one-step PSNR {metrics['one_step']['psnr']:.2f} dB (copy-last-frame "
+          f"{metrics['one_step']['copy_last_psnr']:.2f}); delta-PSNR {metrics['delta_psnr']:.2f} dB; "
+          f"codes vs real actions: purity {metrics['codes']['action_purity']:.3f}, separation "
+          f"{metrics['codes']['action_separation']:.3f}; wrote {out_dir}/metrics.json")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,259 @@
+"""Stage 5: learn which latent action a real action produces (the key press -> latent map used to play).
+
+Two variants (--variant): `action`, the seeds' MLP on the one-hot action; and `frames` (default),
+which also sees the newest context frames, because in Breakout the latent a key produces depends
+on the state (paddle inertia carries the previous action into this transition, LEFT against the
+wall does nothing, FIRE only matters without a ball in play). Cross-entropy over every latent
+position, Adam, the best checkpoint by validation per-transition accuracy, then a report on the
+held-out test episodes: per-transition and per-position accuracy and a per-action confusion table.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.action_to_latent import (KIND, VARIANTS, ActionToLatent, checkpoint_path, cross_entropy,
+                                     file_fingerprint, past_frame_indices, red_view, transition_metrics)
+from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, pick_device, positive_float,
+                        positive_int, run_main, set_threads)
+from common.dataset import require_dataset
+from common.frame_cache import load_frame_cache
+from common.io import atomic_write_json, read_json, save_checkpoint
+
+PAIRS_STAGE = "04_collect_action_latent_pairs.py"
+PRESETS = {
+    "smoke": {"epochs": 3, "time_budget": 0.5, "batch_size": 64, "hidden": 64},
+    "quick": {"epochs": 30, "time_budget": 5.0, "batch_size": 128, "hidden": 128},
+    "full": {"epochs": 100, "time_budget": 30.0, "batch_size": 256, "hidden": 256},
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_preset_arg(parser)
+    parser.add_argument("--data-dir", default="data", help="holds actions/action_latent_pairs.json (Stage 4)")
+    parser.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint root; writes latent_action/")
+    parser.add_argument("--variant", choices=VARIANTS, default="frames",
+                        help="action: the action alone (seeds' MLP); frames: action + newest context frames")
+    parser.add_argument("--frames-used", type=positive_int, default=3,
+                        help="newest context frames the frames variant sees (capped at the latent model's k)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="passes over the training pairs")
+    parser.add_argument("--time-budget", type=positive_float, default=None, help="wall-clock limit in minutes")
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--hidden", type=positive_int, default=None, help="width of the MLP")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="CPU threads; the model is tiny, and on a busy 2-core machine 1 thread ran 5x faster")
+    parser.add_argument("--seed", type=int, default=0)
+    return apply_preset(parser.parse_args(), PRESETS)
+
+
+def load_pairs(data_dir: str | Path, checkpoint_root: str | Path) -> dict:
+    """Stage 4's pairs as arrays; stale pairs (from another latent checkpoint) are a UserError."""
+    doc = read_json(Path(data_dir) / "actions" / "action_latent_pairs.json", PAIRS_STAGE)
+    if not isinstance(doc, dict) or "meta" not in doc or not doc.get("pairs"):
+        raise UserError(f"{data_dir}/actions/action_latent_pairs.json holds no pairs: re-run {PAIRS_STAGE}")
+    meta, pairs = doc["meta"], doc["pairs"]
+    latent_file = Path(checkpoint_root) / "latent_action" / Path(meta["latent_checkpoint"]).name
+    if latent_file.exists() and file_fingerprint(latent_file) != meta["latent_fingerprint"]:
+        raise UserError(f"the pairs were made with another version of {latent_file}: re-run {PAIRS_STAGE}")
+    return {
+        "meta": meta,
+        "actions": torch.tensor([p["action"] for p in pairs], dtype=torch.int64),
+        "codes": torch.tensor([p["latent_code"] for p in pairs], dtype=torch.int64),
+        "split": np.array([p["split"] for p in pairs]),
+        "episode": [(p["level"], p["episode"]) for p in pairs],
+        "frame": np.array([p["frame"] for p in pairs]),
+    }
+
+
+def load_frame_views(data_dir: str | Path, pairs: dict, k: int, frames_used: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every frame's view (N, VIEW_SIZE) uint8 and, per pair, the rows of its newest frames_used context frames.
+
+    Frames come from Stage 3's palette-class cache (no PNG decoding); the red channel of a class is
+    exact, so the views equal frame_view() of the RGB frames that play will feed.
+    """
+    cache = load_frame_cache(data_dir)
+    red = torch.tensor([c[0] for c in cache.palette], dtype=torch.uint8)
+    cached = {(e.level, e.index): e for e in cache.episodes}
+    offsets, views, start = {}, [], 0
+    for key in tqdm(sorted(set(pairs["episode"])), desc="frame views", unit="episode"):
+        classes = torch.from_numpy(np.asarray(cache.episode_frames(cached[key]))).long()
+        views.append(red_view(red[classes]))
+        offsets[key] = start
+        start += len(classes)
+    index = np.empty((len(pairs["frame"]), frames_used), dtype=np.int64)
+    for n, (key, frame) in enumerate(zip(pairs["episode"], pairs["frame"])):
+        index[n] = np.asarray(past_frame_indices(int(frame), k)[-frames_used:]) + offsets[key]
+    return torch.cat(views), torch.from_numpy(index)
+
+
+def check_pairs_match_dataset(episodes: dict, pairs: dict) -> None:
+    """One pair per transition, with the data set's actions: otherwise the pairs are stale."""
+    seen: dict[tuple[int, int], list[int]] = {}
+    for key, action in zip(pairs["episode"], pairs["actions"].tolist()):
+        seen.setdefault(key, []).append(action)
+    for key, actions in seen.items():
+        if key not in episodes or episodes[key].actions != actions:
+            raise UserError(f"the pairs of level {key[0]} episode {key[1]} do not match the data set: "
+                            f"re-run {PAIRS_STAGE}")
+    unlabelled = sorted(set(episodes) - set(seen))
+    if unlabelled:
+        raise UserError(f"{len(unlabelled)} recorded episode(s) have no pairs (e.g. level {unlabelled[0][0]} "
+                        f"episode {unlabelled[0][1]}): re-run {PAIRS_STAGE}")
+
+
+@torch.no_grad()
+def predict(model: ActionToLatent, actions: torch.Tensor, views: torch.Tensor | None, view_index: torch.Tensor | None,
+            rows: np.ndarray, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    """Logits (len(rows), code_positions, num_codes) for the given pair rows, in batches."""
+    model.eval()
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = torch.from_numpy(rows[start:start + batch_size])
+        batch_views = views[view_index[batch]].to(device) if views is not None else None
+        out.append(model.features_from_views(actions[batch].to(device), batch_views).cpu())
+    model.train()
+    return torch.cat(out) if out else torch.empty(0, model.code_positions, model.num_codes)
+
+
+def evaluate(model, pairs, views, view_index, rows, device, names) -> dict:
+    logits = predict(model, pairs["actions"], views, view_index, rows, device)
+    target = pairs["codes"][torch.from_numpy(rows)]
+    metrics = transition_metrics(logits.argmax(-1), target, pairs["actions"][torch.from_numpy(rows)], names)
+    metrics["loss"] = float(cross_entropy(logits, target)) if len(rows) else float("nan")
+    return metrics
+
+
+def majority_baseline(pairs: dict, train_rows: np.ndarray, rows: np.ndarray) -> float:
+    """Accuracy of the best action-only lookup table (fitted on train): the ceiling without frames."""
+    table = {}
+    for action in pairs["actions"][train_rows].unique().tolist():
+        codes = pairs["codes"][train_rows][pairs["actions"][train_rows] == action]
+        uniq, counts = torch.unique(codes, dim=0, return_counts=True)
+        table[action] = uniq[counts.argmax()]
+    if not len(rows):
+        return float("nan")
+    right = [bool(torch.equal(table[a], c)) if a in table else False
+             for a, c in zip(pairs["actions"][rows].tolist(), pairs["codes"][rows])]
+    return float(np.mean(right))
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    device = pick_device(args.device)
+
+    pairs = load_pairs(args.data_dir, args.checkpoint_dir)
+    meta = pairs["meta"]
+    names = list(meta["action_meanings"])
+    config = {"num_actions": len(names), "num_codes": meta["num_codes"], "code_positions": meta["code_positions"],
+              "context_frames": meta["context_frames"], "variant": args.variant,
+              "frames_used": min(args.frames_used, meta["context_frames"]), "hidden": args.hidden,
+              "action_meanings": names, "latent_fingerprint": meta["latent_fingerprint"]}
+    model = ActionToLatent(config).to(device)
+    episodes = {(e.level, e.index): e for e in require_dataset(args.data_dir)}
+    check_pairs_match_dataset(episodes, pairs)
+    views = view_index = None
+    if model.uses_frames:
+        views, view_index = load_frame_views(args.data_dir, pairs, model.context_frames, model.frames_used)
+
+    split_rows = {s: np.flatnonzero(pairs["split"] == s) for s in ("train", "val", "test")}
+    if not len(split_rows["train"]):
+        raise UserError(f"no training pairs (no episode in the train split): record more episodes with "
+                        f"02_record_videos.py, then re-run {PAIRS_STAGE}")
+    select_split = "val" if len(split_rows["val"]) else "train"
+    report_split = "test" if len(split_rows["test"]) else select_split
+    print(f"pairs: " + ", ".join(f"{s} {len(r)}" for s, r in split_rows.items())
+          + f"; model selection on {select_split}, report on {report_split}; variant {args.variant}, "
+            f"{sum(p.numel() for p in model.parameters())} parameters")
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    out_path = checkpoint_path(args.checkpoint_dir)
+    deadline = time.monotonic() + 60 * args.time_budget
+    best = {"accuracy": -1.0, "loss": float("inf"), "epoch": 0}
+    train_rows = split_rows["train"]
+    batches_per_epoch = max(1, len(train_rows) // args.batch_size)
+    steps = 0
+    try:
+        for epoch in range(1, args.epochs + 1):
+            order = rng.permutation(train_rows)
+            bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False)
+            for b in bar:
+                batch = torch.from_numpy(order[b * args.batch_size:(b + 1) * args.batch_size])
+                batch_views = views[view_index[batch]].to(device) if views is not None else None
+                logits = model.features_from_views(pairs["actions"][batch].to(device), batch_views)
+                loss = cross_entropy(logits, pairs["codes"][batch].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if time.monotonic() > deadline:
+                    break
+            selection = evaluate(model, pairs, views, view_index, split_rows[select_split], device, names)
+            improved = (selection["transition_accuracy"], -selection["loss"]) > (best["accuracy"], -best["loss"])
+            if improved:
+                best = {"accuracy": selection["transition_accuracy"], "loss": selection["loss"], "epoch": epoch}
+                save_checkpoint(out_path, KIND, config=config, model=model.state_dict(), epoch=epoch, steps=steps,
+                                metrics={f"{select_split}_transition_accuracy": selection["transition_accuracy"]})
+            print(f"epoch {epoch}: train loss {loss.item():.4f}, {select_split} loss {selection['loss']:.4f}, "
+                  f"{select_split} transition accuracy {100 * selection['transition_accuracy']:.2f}%"
+                  + (" (best)" if improved else ""))
+            if time.monotonic() > deadline:
+                print(f"time budget of {args.time_budget} min reached")
+                break
+    except KeyboardInterrupt:
+        print("\ninterrupted: reporting on the best checkpoint so far")
+        if best["epoch"] == 0:
+            raise
+
+    payload = torch.load(out_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(payload["model"])
+    report = evaluate(model, pairs, views, view_index, split_rows[report_split], device, names)
+    metrics = {
+        "variant": args.variant,
+        "report_split": report_split,
+        f"{report_split}_transition_accuracy": report["transition_accuracy"],
+        f"{report_split}_position_accuracy": report["position_accuracy"],
+        f"{select_split}_best_transition_accuracy": best["accuracy"],
+        "action_only_table_accuracy": majority_baseline(pairs, train_rows, split_rows[report_split]),
+        "best_epoch": best["epoch"],
+        "train_steps": steps,
+        "num_codes": config["num_codes"], "code_positions": config["code_positions"],
+        "context_frames": config["context_frames"], "frames_used": model.frames_used,
+        "pairs": {s: int(len(r)) for s, r in split_rows.items()},
+        "report": report,
+    }
+    fields = {key: value for key, value in payload.items() if key not in ("kind", "format")}
+    save_checkpoint(out_path, KIND, **{**fields, "metrics": metrics})
+    atomic_write_json(out_path.parent / "action_to_latent_metrics.json", metrics)
+    print_report(metrics, names)
+    print(f"wrote {out_path} and {out_path.parent / 'action_to_latent_metrics.json'}")
+
+
+def print_report(metrics: dict, names: list[str]) -> None:
+    split, report = metrics["report_split"], metrics["report"]
+    print(f"\n{split} episodes, {report['transitions']} transitions, variant {metrics['variant']}:")
+    print(f"  per-transition accuracy {100 * report['transition_accuracy']:.2f}%, "
+          f"per-position accuracy {100 * report['position_accuracy']:.2f}% "
+          f"(best action-only lookup table: {100 * metrics['action_only_table_accuracy']:.2f}%)")
+    for name, row in report["per_action"].items():
+        worst = sorted(((n, t, p) for t, preds in row["confusion_true_to_predicted"].items()
+                        for p, n in preds.items() if p != t), reverse=True)[:3]
+        errors = ", ".join(f"{t}->{p} x{n}" for n, t, p in worst) or "none"
+        print(f"  {name:<6s} n={row['count']:<6d} transition acc {100 * row['transition_accuracy']:6.2f}%  "
+              f"errors (true->predicted code): {errors}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,187 @@
+"""Map a real game action (and optionally the recent frames) onto the latent action of Stage 3.
+
+Stage 3 learns latent actions from video alone; to play, a key press must become a latent
+code. The seeds' map looks at the action only. That cannot be exact in Breakout: the paddle
+has inertia (a transition's motion mixes the current and the previous action), LEFT against
+the wall does nothing, FIRE only matters without a ball in play. So the default variant also
+sees the newest context frames, through a compact "frame view" an MLP reads directly: the
+paddle's rows at full horizontal resolution (its position and motion to the pixel) and the
+whole frame max-pooled 8x8 (ball, bricks). A CNN over the frames was 10-50x slower to train on
+this 2-core CPU; the view costs ~0.1 ms per play step and keeps every object visible.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.cli import UserError
+from common.io import load_checkpoint
+
+KIND = "action_to_latent"
+STAGE_HINT = "05_train_action_to_latent.py"
+CHECKPOINT_NAME = "action_to_latent_best.pt"
+VARIANTS = ("action", "frames")
+
+
+def checkpoint_path(checkpoint_root: str | Path) -> Path:
+    return Path(checkpoint_root) / "latent_action" / CHECKPOINT_NAME
+
+
+def past_frame_indices(transition: int, context_frames: int) -> list[int]:
+    """Frames seen before transition i (frame i -> i+1): i-k+1 .. i, repeating frame 0 at the start."""
+    return [max(0, j) for j in range(transition - context_frames + 1, transition + 1)]
+
+
+PADDLE_ROWS = slice(189, 195)  # Breakout's paddle; every colour but the black background has red >= 66
+VIEW_SIZE = 160 + 26 * 20  # bytes per frame
+
+
+def frame_view(frames: torch.Tensor) -> torch.Tensor:
+    """(..., 210, 160, 3) uint8 -> (..., 680) uint8: the paddle rows' red maximum per column
+    (160), then the red channel max-pooled over 8x8 blocks (26 x 20).
+
+    Max (not stride) pooling keeps the 2-px ball and the thin lines on odd rows.
+    """
+    return red_view(frames[..., 0])
+
+
+def red_view(red: torch.Tensor) -> torch.Tensor:
+    """frame_view from the red channel alone, (..., 210, 160) uint8 (e.g. from palette classes)."""
+    band = red[..., PADDLE_ROWS, :].amax(-2)
+    coarse = red[..., :208, :]
+    for _ in range(3):  # three 2x2 halvings = 8x8 blocks
+        coarse = torch.maximum(coarse[..., 0::2, :], coarse[..., 1::2, :])
+        coarse = torch.maximum(coarse[..., 0::2], coarse[..., 1::2])
+    return torch.cat([band, coarse.flatten(-2)], -1)
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha1 of a file: ties the pairs and the map to the exact latent checkpoint they came from."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ActionToLatent(nn.Module):
+    """Logits over the latent code at every position, from an action (and the recent frames).
+
+    config keys: num_actions, num_codes, code_positions, context_frames (the latent model's k),
+    variant ("action" | "frames"), frames_used (how many of the newest context frames it sees),
+    hidden. The action enters as an embedding (= a linear layer on the one-hot action) added to
+    the linear map of the frame views, then an MLP head.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = dict(config)
+        self.num_actions = int(config["num_actions"])
+        self.num_codes = int(config["num_codes"])
+        self.code_positions = int(config["code_positions"])
+        self.context_frames = int(config["context_frames"])
+        self.uses_frames = config["variant"] == "frames"
+        self.frames_used = min(int(config.get("frames_used", 1)), self.context_frames) if self.uses_frames else 0
+        hidden = int(config["hidden"])
+
+        self.action_embed = nn.Embedding(self.num_actions, hidden)
+        if self.uses_frames:
+            self.frame_in = nn.Linear(self.frames_used * VIEW_SIZE, hidden)
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, self.code_positions * self.num_codes),
+        )
+
+    def features_from_views(self, actions: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        """actions (B,) int64, views (B, frames_used, VIEW_SIZE) uint8 (see frame_view) -> logits."""
+        hidden = self.action_embed(actions)
+        if self.uses_frames:
+            if views is None:
+                raise ValueError("this action->latent model needs the recent frames (past=...)")
+            hidden = hidden + self.frame_in(views.flatten(1).float() / 255.0)
+        return self.head(hidden).view(-1, self.code_positions, self.num_codes)
+
+    def views_from_past(self, past: torch.Tensor | None) -> torch.Tensor:
+        """past (B, k, 210, 160, 3) uint8, oldest first -> the newest frames_used views."""
+        if past is None or past.dim() != 5 or past.shape[1] < self.frames_used:
+            got = "None" if past is None else tuple(past.shape)
+            raise ValueError(f"this model needs past (B, k>={self.frames_used}, 210, 160, 3) uint8, got {got}")
+        return frame_view(past[:, past.shape[1] - self.frames_used:])
+
+    def logits(self, actions: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        """actions (B,) int64; past (B, k, 210, 160, 3) uint8 or None -> (B, code_positions, num_codes)."""
+        views = self.views_from_past(past) if self.uses_frames else None
+        return self.features_from_views(actions.long(), views)
+
+    def forward(self, actions: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(actions, past)
+
+    @torch.no_grad()
+    def sample(self, actions: torch.Tensor, past: torch.Tensor | None = None, temperature: float = 0.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, code_positions) int64 codes; temperature 0 = the most likely code (deterministic)."""
+        logits = self.logits(actions, past)
+        if temperature <= 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / temperature, dim=-1).view(-1, self.num_codes)
+        codes = torch.multinomial(probs, 1, generator=generator)
+        return codes.view(logits.shape[0], self.code_positions)
+
+
+def load_action_to_latent(checkpoint_root: str | Path = "checkpoints", device: str | torch.device = "cpu"
+                          ) -> ActionToLatent:
+    """The best action->latent map saved by Stage 5, in eval mode; a missing file names 05."""
+    payload = load_checkpoint(checkpoint_path(checkpoint_root), KIND, STAGE_HINT)
+    model = ActionToLatent(payload["config"])
+    model.load_state_dict(payload["model"])
+    model.metrics = payload.get("metrics", {})
+    return model.to(device).eval()
+
+
+def check_compatible(action_to_latent: ActionToLatent, latent_model) -> None:
+    """Raise a UserError when the map was trained for a different latent model layout."""
+    mine = (action_to_latent.num_codes, action_to_latent.code_positions, action_to_latent.context_frames)
+    theirs = (latent_model.num_codes, latent_model.code_positions, latent_model.context_frames)
+    if mine != theirs:
+        raise UserError(f"the action->latent map (codes, positions, context) = {mine} does not match the "
+                        f"latent model's {theirs}: re-run 04_collect_action_latent_pairs.py and {STAGE_HINT}")
+
+
+def transition_metrics(predicted: torch.Tensor, target: torch.Tensor, actions: torch.Tensor,
+                       action_names: list[str]) -> dict:
+    """Per-transition (all positions right) and per-position accuracy, overall and per action,
+    with a per-action confusion table of true code -> predicted code (summed over positions)."""
+    right = predicted == target
+    transition_right = right.all(dim=1)
+    result = {
+        "transitions": int(target.shape[0]),
+        "transition_accuracy": float(transition_right.float().mean()) if len(target) else float("nan"),
+        "position_accuracy": float(right.float().mean()) if len(target) else float("nan"),
+        "per_position_accuracy": [round(float(v), 5) for v in right.float().mean(0)] if len(target) else [],
+        "per_action": {},
+    }
+    for action, name in enumerate(action_names):
+        mask = actions == action
+        if not mask.any():
+            continue
+        confusion: dict[str, dict[str, int]] = {}
+        pairs = torch.stack([target[mask].reshape(-1), predicted[mask].reshape(-1)], 1)
+        keys, counts = torch.unique(pairs, dim=0, return_counts=True)
+        for (true_code, pred_code), count in zip(keys.tolist(), counts.tolist()):
+            confusion.setdefault(str(true_code), {})[str(pred_code)] = count
+        result["per_action"][name] = {
+            "count": int(mask.sum()),
+            "transition_accuracy": round(float(transition_right[mask].float().mean()), 5),
+            "position_accuracy": round(float(right[mask].float().mean()), 5),
+            "confusion_true_to_predicted": confusion,
+        }
+    return result
+
+
+def cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every latent position: logits (B,P,C), codes (B,P)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))

@@ -1,0 +1,197 @@
+"""End-to-end "control" measures: does the neural game obey the real actions the way the real game did?
+
+From real start frames of the test episodes, the recorded real actions are fed through the
+action->latent model and the world model (temperature 0), and each generated frame is compared with
+the real recording at the same step:
+
+- paddle: match when the paddle x found in both frames differs by at most 3 px;
+- ball: match when the ball centres found in both frames are at most 4 px apart (Euclidean);
+- for both: found in neither frame = match (e.g. the ball between lives), found in one only = miss;
+- PSNR against the real frame by rollout step (drift).
+
+Beside them, to read the numbers honestly:
+- `copy_last_frame`: the same matches for a "model" that never moves anything (the last real frame
+  repeated): a paddle score near it means the model does not follow the keys;
+- `inferred_latents`: the same rollouts with the latents the Stage 3 encoder infers from the real
+  frames: the world model's own limit, without the action->latent map;
+- the share of steps where the real ball is visible, and the ball match on those steps only.
+
+Play speed: latency of NeuralBreakout.step at batch 1 (p50 / p95) and frames per second.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.dataset import read_frames
+from common.detectors import ball_xy, paddle_x
+
+PADDLE_TOLERANCE_PX = 3.0
+BALL_TOLERANCE_PX = 4.0
+PSNR_CAP_DB = 60.0  # identical frames would be +inf; capping keeps means finite and comparable
+
+
+def psnr(pred: np.ndarray, real: np.ndarray) -> float:
+    """PSNR in dB of uint8 frames, capped at PSNR_CAP_DB."""
+    mse = float(np.mean((pred.astype(np.float32) - real.astype(np.float32)) ** 2))
+    if mse == 0.0:
+        return PSNR_CAP_DB
+    return min(PSNR_CAP_DB, 10.0 * np.log10(255.0 ** 2 / mse))
+
+
+def paddle_match(pred: np.ndarray, real: np.ndarray) -> bool:
+    """Paddle x within 3 px; absent in both = match, absent in one = miss."""
+    a, b = paddle_x(pred), paddle_x(real)
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= PADDLE_TOLERANCE_PX
+
+
+def ball_match(pred: np.ndarray, real: np.ndarray) -> bool:
+    """Ball centre within 4 px (Euclidean); absent in both = match, absent in one = miss."""
+    a, b = ball_xy(pred), ball_xy(real)
+    if a is None or b is None:
+        return a is None and b is None
+    return float(np.hypot(a[0] - b[0], a[1] - b[1])) <= BALL_TOLERANCE_PX
+
+
+def rollout_windows(episodes: Sequence[Any], context: int, horizon: int, max_windows: int) -> list[tuple[Any, int]]:
+    """Start points (episode, t0) where t0 is the last real context frame and t0 + horizon exists.
+
+    Windows do not overlap within an episode (t0 advances by `horizon`); when there are more than
+    `max_windows`, an evenly spaced subset is kept so every part of every episode is represented.
+    """
+    windows = []
+    for episode in episodes:
+        windows += [(episode, t0) for t0 in range(context - 1, episode.num_frames - horizon, horizon)]
+    if len(windows) > max_windows:
+        keep = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
+        windows = [windows[i] for i in keep]
+    return windows
+
+
+def _rollout(step: Callable[[torch.Tensor, int], torch.Tensor], past: torch.Tensor, horizon: int) -> np.ndarray:
+    """Run `step(past, s) -> next frames` for `horizon` steps on its own output; returns (B, horizon, 210, 160, 3)."""
+    generated = []
+    for s in range(horizon):
+        nxt = step(past, s)
+        generated.append(nxt)
+        past = torch.cat([past[:, 1:], nxt[:, None]], dim=1)
+    return torch.stack(generated, dim=1).numpy()
+
+
+def _score(generated: np.ndarray, real: np.ndarray, control_steps: int) -> dict[str, np.ndarray]:
+    """Per-window, per-step matches (first `control_steps` steps) and PSNR (all steps)."""
+    batch, horizon = generated.shape[:2]
+    paddle = np.zeros((batch, control_steps), bool)
+    ball = np.zeros((batch, control_steps), bool)
+    for b in range(batch):
+        for s in range(control_steps):
+            paddle[b, s] = paddle_match(generated[b, s], real[b, s])
+            ball[b, s] = ball_match(generated[b, s], real[b, s])
+    quality = np.array([[psnr(generated[b, s], real[b, s]) for s in range(horizon)] for b in range(batch)])
+    return {"paddle": paddle, "ball": ball, "psnr": quality}
+
+
+def _summary(scores: list[dict[str, np.ndarray]], ball_visible: np.ndarray) -> dict[str, Any]:
+    paddle = np.concatenate([s["paddle"] for s in scores])
+    ball = np.concatenate([s["ball"] for s in scores])
+    quality = np.concatenate([s["psnr"] for s in scores])
+    return {
+        "paddle_within_3px": float(paddle.mean()),
+        "ball_within_4px": float(ball.mean()),
+        "ball_within_4px_when_real_ball_visible": float(ball[ball_visible].mean()) if ball_visible.any() else None,
+        "paddle_within_3px_by_step": paddle.mean(0).round(4).tolist(),
+        "ball_within_4px_by_step": ball.mean(0).round(4).tolist(),
+        "psnr_db_by_step": quality.mean(0).round(3).tolist(),
+        "psnr_db_mean": float(quality.mean()),
+    }
+
+
+def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30, drift_steps: int = 50,
+                     max_windows: int = 64, batch_size: int = 8, with_inferred_latents: bool = True) -> dict[str, Any]:
+    """Roll the neural game out from real starts with the recorded actions and score it against the recording.
+
+    `game` is a NeuralBreakout; rollouts run at temperature 0, batched `batch_size` windows at a time.
+    """
+    horizon = max(control_steps, drift_steps)
+    k = game.context_frames
+    windows = rollout_windows(episodes, k, horizon, max_windows)
+    if not windows:
+        raise ValueError(f"no episode has {k + horizon} frames for a {horizon}-step rollout")
+    results: dict[str, list] = {"action_to_latent": [], "copy_last_frame": [], "inferred_latents": []}
+    ball_visible = []
+    for first in tqdm(range(0, len(windows), batch_size), desc="control rollouts", unit="batch"):
+        chunk = windows[first:first + batch_size]
+        clips = torch.from_numpy(np.stack([read_frames(ep, t0 - k + 1, t0 + horizon + 1) for ep, t0 in chunk]))
+        actions = torch.tensor([ep.actions[t0:t0 + horizon] for ep, t0 in chunk], dtype=torch.int64)
+        past, real = clips[:, :k], clips[:, k:].numpy()
+        ball_visible.append(np.array([[ball_xy(real[b, s]) is not None for s in range(control_steps)]
+                                      for b in range(len(chunk))]))
+
+        generated = _rollout(lambda p, s: game.step_batch(p, actions[:, s], 0.0), past, horizon)
+        results["action_to_latent"].append(_score(generated, real, control_steps))
+        still = np.repeat(past[:, -1:].numpy(), horizon, axis=1)
+        results["copy_last_frame"].append(_score(still, real, control_steps))
+        if with_inferred_latents:
+            def inferred_step(p: torch.Tensor, s: int) -> torch.Tensor:
+                """The world model on its own output, with the latent the encoder infers from real frames s..k+s."""
+                with torch.inference_mode():
+                    codes = game.latent_model.encode(clips[:, s:k + s], clips[:, k + s])
+                return game.predict(p, codes)
+
+            results["inferred_latents"].append(_score(_rollout(inferred_step, past, horizon), real, control_steps))
+
+    visible = np.concatenate(ball_visible)
+    metrics: dict[str, Any] = {
+        "windows": len(windows),
+        "episodes": len({id(ep) for ep, _ in windows}),
+        "control_steps": control_steps,
+        "drift_steps": horizon,
+        "temperature": 0.0,
+        "real_ball_visible_share": float(visible.mean()),
+        "rules": "paddle: |x_pred - x_real| <= 3 px; ball: Euclidean distance <= 4 px; found in neither frame "
+                 "= match, found in one only = miss; PSNR capped at 60 dB; windows do not overlap",
+    }
+    for name, scores in results.items():
+        if scores:
+            metrics[name] = _summary(scores, visible)
+    levels = np.array([getattr(ep, "level", 0) for ep, _ in windows])
+    paddle = np.concatenate([s["paddle"] for s in results["action_to_latent"]])
+    ball = np.concatenate([s["ball"] for s in results["action_to_latent"]])
+    metrics["action_to_latent"]["by_level"] = {
+        f"skill_level_{level}": {"windows": int((levels == level).sum()),
+                                 "paddle_within_3px": float(paddle[levels == level].mean()),
+                                 "ball_within_4px": float(ball[levels == level].mean())}
+        for level in sorted(set(levels.tolist()))}
+    return metrics
+
+
+def measure_play_speed(game: Any, start_frames: np.ndarray, steps: int = 200, warmup: int = 10,
+                       seed: int = 0) -> dict[str, Any]:
+    """Latency of game.step at batch 1 with random actions (temperature 0), after `warmup` steps."""
+    rng = np.random.default_rng(seed)
+    game.reset(start_frames)
+    for _ in range(warmup):
+        game.step(int(rng.integers(4)))
+    times = []
+    for _ in range(steps):
+        action = int(rng.integers(4))
+        begin = time.perf_counter()
+        game.step(action)
+        times.append(time.perf_counter() - begin)
+    ms = np.array(times) * 1000.0
+    return {
+        "steps": steps,
+        "latency_ms_p50": float(np.percentile(ms, 50)),
+        "latency_ms_p95": float(np.percentile(ms, 95)),
+        "latency_ms_mean": float(ms.mean()),
+        "fps": float(1000.0 / ms.mean()),
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
+    }

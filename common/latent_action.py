@@ -1,0 +1,357 @@
+"""The latent action model (Stage 3): a Genie-style latent action encoder plus a dynamics decoder.
+
+Frames are palette images: Breakout draws with a handful of colours, so every frame is stored and
+predicted as one colour class per pixel. The decoder outputs class logits at native 210x160 and a
+prediction is the most likely class per pixel, which keeps generated frames crisp: blur cannot pile
+up over a long rollout because every generated frame is again a valid palette image.
+
+  encoder:  (k past frames, next frame) -> one code per transition (or a grid of codes, seeds' mode)
+  decoder:  (k past frames, code)       -> next frame
+
+Both work at a low internal resolution without throwing pixels away: the one-hot frames are folded
+into channels with space-to-depth (a patch convolution), and the decoder unfolds its output back to
+native pixels with pixel_shuffle. The code is the only path from the next frame to the decoder, so a
+small codebook forces it to carry what the past cannot predict: the player's choice.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.cli import UserError
+
+FRAME_H, FRAME_W = 210, 160
+STAGE = "03_train_latent_action.py"
+CHECKPOINT_KIND = "latent_action"
+
+# Breakout's 9 screen colours, most frequent first (measured on random play); a data set may bring its own.
+BREAKOUT_PALETTE = [(0, 0, 0), (142, 142, 142), (200, 72, 72), (162, 162, 42), (180, 122, 48),
+                    (198, 108, 58), (72, 160, 72), (66, 72, 200), (66, 158, 130)]
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "context_frames": 3,        # k real past frames the decoder sees (ball velocity, paddle inertia)
+    "num_codes": 8,             # codebook size
+    "code_dim": 16,             # codebook vector size
+    "code_grid": None,          # None: one code per transition; [rows, cols]: a grid of codes (seeds: [7, 5])
+    "patch": 4,                 # space-to-depth factor of the first level
+    "widths": [32, 64, 96, 128],  # channels at 1/4, 1/8, 1/16, 1/32 of the padded 224x160 frame
+    "encoder_width": 48,        # channels of the latent action encoder
+    "skips": True,              # decoder sees the past frames at every level (False: only the bottleneck)
+    "copy_bias": True,          # start from "next frame = last frame" (a logit bonus for its colours)
+    "ema_decay": 0.9,           # codebook EMA decay
+    "commitment": 0.25,         # VQ commitment weight
+    "palette": BREAKOUT_PALETTE,
+}
+
+
+def padded_size(size: int, multiple: int = 32) -> int:
+    return -(-size // multiple) * multiple
+
+
+class Palette:
+    """RGB <-> colour-class conversion; colours outside the palette map to the nearest entry."""
+
+    def __init__(self, colours: list[tuple[int, int, int]] | list[list[int]]):
+        self.rgb = torch.tensor(colours, dtype=torch.uint8)                           # (P, 3)
+        keys = (self.rgb.long() * torch.tensor([65536, 256, 1])).sum(-1)
+        self.sorted_keys, self.order = torch.sort(keys)
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    def to_index(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(..., 3) uint8 RGB -> (...) uint8 class index."""
+        keys = (rgb.long() * torch.tensor([65536, 256, 1], device=rgb.device)).sum(-1)
+        sorted_keys, order = self.sorted_keys.to(rgb.device), self.order.to(rgb.device)
+        pos = torch.searchsorted(sorted_keys, keys).clamp_(max=len(sorted_keys) - 1)
+        index = order[pos]
+        exact = sorted_keys[pos] == keys
+        if not bool(exact.all()):
+            odd = ~exact
+            dist = (rgb[odd].float()[:, None, :] - self.rgb.to(rgb.device).float()[None]).square().sum(-1)
+            index[odd] = dist.argmin(-1)
+        return index.to(torch.uint8)
+
+    def to_rgb(self, index: torch.Tensor) -> torch.Tensor:
+        """(...) class index -> (..., 3) uint8 RGB."""
+        return self.rgb.to(index.device)[index.long()]
+
+
+class VectorQuantizer(nn.Module):
+    """Codebook with EMA updates, straight-through gradient, commitment loss and dead-code restart.
+
+    Vectors are compared on the unit sphere (cosine similarity): with a tiny codebook this keeps all
+    codes within reach of the encoder and makes restarts land where the encoder's outputs are.
+    """
+
+    def __init__(self, num_codes: int, dim: int, decay: float = 0.9, commitment: float = 0.25):
+        super().__init__()
+        self.num_codes, self.dim, self.decay, self.commitment = num_codes, dim, decay, commitment
+        self.register_buffer("codebook", F.normalize(torch.randn(num_codes, dim), dim=-1))
+        self.register_buffer("ema_count", torch.full((num_codes,), 1.0 / num_codes))
+        self.register_buffer("ema_sum", self.codebook.clone() / num_codes)
+        self.register_buffer("usage", torch.full((num_codes,), 1.0 / num_codes))  # slow usage share per code
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        return (F.normalize(z, dim=-1) @ self.codebook.t()).argmax(-1)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z (N, dim) -> (quantized with straight-through gradient, codes (N,), commitment loss)."""
+        z = F.normalize(z.float(), dim=-1)
+        codes = (z @ self.codebook.t()).argmax(-1)
+        quantized = self.codebook[codes]
+        if self.training:
+            with torch.no_grad():
+                onehot = F.one_hot(codes, self.num_codes).float()
+                self.ema_count.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+                self.ema_sum.mul_(self.decay).add_(onehot.t() @ z, alpha=1 - self.decay)
+                self.codebook.copy_(F.normalize(self.ema_sum / self.ema_count.clamp(min=1e-5)[:, None], dim=-1))
+                self.usage.mul_(0.99).add_(onehot.mean(0), alpha=0.01)
+        loss = self.commitment * F.mse_loss(z, quantized.detach())
+        quantized = z + (quantized - z).detach()
+        return quantized, codes, loss
+
+    @torch.no_grad()
+    def restart_dead_codes(self, z: torch.Tensor, threshold: float) -> int:
+        """Move codes whose usage share fell below `threshold` onto random recent encoder outputs."""
+        dead = (self.usage < threshold).nonzero().flatten()
+        if len(dead) == 0 or len(z) == 0:
+            return 0
+        z = F.normalize(z.float(), dim=-1)
+        pick = z[torch.randint(len(z), (len(dead),), device=z.device)]
+        fresh = F.normalize(pick + 0.05 * torch.randn_like(pick), dim=-1)
+        self.codebook[dead] = fresh
+        self.ema_sum[dead] = fresh * self.ema_count.mean()
+        self.ema_count[dead] = self.ema_count.mean()
+        self.usage[dead] = 1.0 / self.num_codes
+        return len(dead)
+
+
+class Block(nn.Module):
+    """Residual 3x3 conv block (no normalisation: it costs ~30% on this CPU and is not needed here)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.silu(self.conv(x))
+
+
+class PatchEmbedding(nn.Module):
+    """Space-to-depth of T palette frames into one feature vector per patch x patch cell.
+
+    Each pixel's colour class enters as its bits (a vertex of a small hypercube, so every colour is
+    linearly separable from the others) and a 1x1 convolution mixes the bits of all pixels of the
+    cell: a stride-`patch` convolution at a quarter of the memory traffic of one-hot channels.
+    """
+
+    def __init__(self, frames: int, patch: int, colours: int, width: int):
+        super().__init__()
+        self.patch, self.bits = patch, int(colours).bit_length()     # classes 0..colours (colours = padding)
+        self.proj = nn.Conv2d(frames * patch * patch * self.bits, width, 1)
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W) uint8 classes -> (B, width, H/patch, W/patch) features (channels-last memory)."""
+        cells = F.pixel_unshuffle(index, self.patch).permute(0, 2, 3, 1).contiguous()   # (B, h, w, T*p*p)
+        bits = torch.cat([(cells >> b) & 1 for b in range(self.bits)], -1).to(self.proj.weight.dtype)
+        return self.proj(bits.permute(0, 3, 1, 2))
+
+
+class LatentActionModel(nn.Module):
+    """Encoder (past, next) -> code(s); decoder (past, code(s)) -> next frame. See module docstring."""
+
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        self.config = {**DEFAULT_CONFIG, **(config or {})}
+        c = self.config
+        self.palette = Palette(c["palette"])
+        self.num_colours = len(self.palette)
+        self.context_frames = int(c["context_frames"])
+        self.num_codes = int(c["num_codes"])
+        self.grid = tuple(c["code_grid"]) if c["code_grid"] else None
+        self.code_positions = self.grid[0] * self.grid[1] if self.grid else 1
+        self.patch = int(c["patch"])
+        self.pad_h, self.pad_w = padded_size(FRAME_H) - FRAME_H, padded_size(FRAME_W) - FRAME_W
+        widths, P, k = list(c["widths"]), self.num_colours, self.context_frames
+        levels = len(widths)
+        self.bottom_h = padded_size(FRAME_H) // (self.patch * 2 ** (levels - 1))
+        self.bottom_w = padded_size(FRAME_W) // (self.patch * 2 ** (levels - 1))
+        if self.grid and self.grid != (self.bottom_h, self.bottom_w):
+            raise ValueError(f"code_grid {self.grid} must equal the decoder bottleneck "
+                             f"{(self.bottom_h, self.bottom_w)} (patch {self.patch}, {levels} levels)")
+
+        # Dynamics decoder: a U-Net over the k past frames; the code enters at every decoder level.
+        self.stem = PatchEmbedding(k, self.patch, P, widths[0])
+        self.down_blocks = nn.ModuleList(Block(w) for w in widths)
+        self.downs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)
+                                   for i in range(levels - 1))
+        self.ups = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 1) for i in range(levels - 1))
+        self.up_blocks = nn.ModuleList(Block(w) for w in widths[:-1])
+        self.code_in = nn.ModuleList(nn.Linear(c["code_dim"], w) for w in widths)
+        self.head = nn.Linear(widths[0], self.patch ** 2 * P)
+        self.copy_weight = nn.Parameter(torch.tensor(4.0)) if c["copy_bias"] else None
+
+        # Latent action encoder: (past, next) at 1/8, down to the code grid or pooled to one code.
+        e = int(c["encoder_width"])
+        enc_patch = self.patch * 2
+        self.encoder_stem = PatchEmbedding(k + 1, enc_patch, P, e)
+        enc_layers: list[nn.Module] = [nn.SiLU(), Block(e)]
+        size_h = padded_size(FRAME_H) // enc_patch
+        while self.grid and size_h > self.grid[0] or not self.grid and size_h > 7:
+            enc_layers += [nn.Conv2d(e, e, 3, stride=2, padding=1), nn.SiLU(), Block(e)]
+            size_h //= 2
+        self.encoder = nn.Sequential(*enc_layers)
+        self.to_code = nn.Linear(2 * e if not self.grid else e, c["code_dim"])
+        self.vq = VectorQuantizer(self.num_codes, c["code_dim"], c["ema_decay"], c["commitment"])
+        self.to(memory_format=torch.channels_last)  # what oneDNN convolutions run fastest on CPU
+
+    # ----- frames in and out -------------------------------------------------------------------
+
+    def pad(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, T, 210, 160) class indices -> (B, T, 224, 160), the border filled with the extra class P."""
+        top = self.pad_h // 2
+        return F.pad(index, (0, self.pad_w, top, self.pad_h - top), value=self.num_colours)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        top = self.pad_h // 2
+        return x[..., top:top + FRAME_H, :FRAME_W]
+
+    def to_index(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (..., 210, 160, 3) -> class indices (..., 210, 160)."""
+        return self.palette.to_index(frames)
+
+    # ----- encoder --------------------------------------------------------------------------------
+
+    def encode_indices(self, past: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """past (B,k,H,W), nxt (B,H,W) indices -> (quantized (B, positions, dim), codes (B, positions), vq loss)."""
+        h = self.encoder(self.encoder_stem(self.pad(torch.cat([past, nxt[:, None]], 1))))
+        if self.grid:
+            z = self.to_code(h.flatten(2).transpose(1, 2))                       # (B, positions, dim)
+        else:
+            z = self.to_code(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))[:, None]
+        B, N, D = z.shape
+        self.last_z = z.detach().reshape(B * N, D)
+        quantized, codes, loss = self.vq(z.reshape(B * N, D))
+        return quantized.view(B, N, D), codes.view(B, N), loss
+
+    # ----- decoder --------------------------------------------------------------------------------
+
+    def decode_features(self, past: torch.Tensor, code_vectors: torch.Tensor) -> torch.Tensor:
+        """past (B,k,H,W) indices, code vectors (B, positions, dim) -> cell features (B, h, w, C)."""
+        B = past.shape[0]
+        h = F.silu(self.stem(self.pad(past)))
+        skips = []
+        for i, block in enumerate(self.down_blocks):
+            h = block(h)
+            if i < len(self.downs):
+                skips.append(h if self.config["skips"] else None)
+                h = F.silu(self.downs[i](h))
+        if self.grid:
+            cond = self.code_in[-1](code_vectors).transpose(1, 2).reshape(B, -1, *self.grid)
+        else:
+            cond = self.code_in[-1](code_vectors[:, 0])[:, :, None, None]
+        h = h + cond
+        for i in reversed(range(len(self.ups))):
+            h = F.interpolate(self.ups[i](h), scale_factor=2.0, mode="nearest")
+            if skips[i] is not None:
+                h = h + skips[i]
+            if not self.grid:
+                h = h + self.code_in[i](code_vectors[:, 0])[:, :, None, None]
+            h = self.up_blocks[i](F.silu(h))
+        return h.permute(0, 2, 3, 1)
+
+    def cell_logits(self, features: torch.Tensor, last_cells: torch.Tensor) -> torch.Tensor:
+        """Cell features (..., C) and the last frame's classes there (..., patch*patch) -> logits
+        (..., patch*patch, P). Only the cells asked for are computed (training samples a subset)."""
+        logits = self.head(features).unflatten(-1, (self.patch ** 2, self.num_colours))
+        if self.copy_weight is not None:  # start from "nothing changes": a bonus for the last frame's colour
+            last = last_cells.clamp(0, self.num_colours - 1).long()[..., None]
+            logits = logits.scatter_add(-1, last, self.copy_weight.expand(last.shape).to(logits.dtype))
+        return logits
+
+    def decode_logits(self, past: torch.Tensor, code_vectors: torch.Tensor) -> torch.Tensor:
+        """past (B,k,H,W) indices, code vectors -> logits of every cell (B, h, w, patch*patch, P).
+
+        The logits stay space-to-depth folded (cell, pixel within the cell, colour) so that the loss
+        and the argmax run over contiguous memory; unfold_pixels() turns classes into a frame.
+        """
+        return self.cell_logits(self.decode_features(past, code_vectors), self.fold_pixels(self.pad(past[:, -1:])[:, 0]))
+
+    def fold_pixels(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, 224, 160) padded classes -> (B, h, w, patch*patch), the layout of decode_logits."""
+        return F.pixel_unshuffle(index[:, None], self.patch).permute(0, 2, 3, 1)
+
+    def unfold_pixels(self, cells: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, patch*patch) classes -> (B, 210, 160) classes (the inverse of fold_pixels + crop)."""
+        frame = F.pixel_shuffle(cells.permute(0, 3, 1, 2).contiguous(), self.patch)[:, 0]
+        return self.crop(frame)
+
+    def folded_target(self, nxt: torch.Tensor, ignore: int = -100) -> torch.Tensor:
+        """(B, 210, 160) classes -> (B, h, w, patch*patch) int64 targets, `ignore` in the padding."""
+        target = self.fold_pixels(self.pad(nxt[:, None])[:, 0]).long()
+        return target.masked_fill(target == self.num_colours, ignore)
+
+    def code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.vq.codebook[codes.long()]
+
+    def forward(self, past: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass on class indices: (folded logits, see decode_logits; codes (B, positions); vq loss)."""
+        quantized, codes, vq_loss = self.encode_indices(past, nxt)
+        return self.decode_logits(past, quantized), codes, vq_loss
+
+    # ----- public uint8 API -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, past: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        """past (B,k,210,160,3) uint8, nxt (B,210,160,3) uint8 -> codes (B, code_positions) int64."""
+        device = self.vq.codebook.device
+        _, codes, _ = self.encode_indices(self.to_index(past.to(device)), self.to_index(nxt.to(device)))
+        return codes.long()
+
+    @torch.no_grad()
+    def predict_indices(self, past: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """past (B,k,H,W) class indices, codes (B, positions) -> next frame class indices (B,H,W) uint8."""
+        cells = self.decode_logits(past, self.code_vectors(codes)).argmax(-1).to(torch.uint8)
+        return self.unfold_pixels(cells)
+
+    @torch.no_grad()
+    def predict(self, past: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """past (B,k,210,160,3) uint8, codes (B, code_positions) int64 -> next frame (B,210,160,3) uint8."""
+        device = self.vq.codebook.device
+        index = self.predict_indices(self.to_index(past.to(device)), codes.to(device))
+        return self.palette.to_rgb(index)
+
+
+def checkpoint_dir(checkpoint_root: str | Path) -> Path:
+    return Path(checkpoint_root) / "latent_action"
+
+
+def load_latent_action_model(checkpoint_root: str | Path, device: str | torch.device = "cpu",
+                             which: str = "best") -> LatentActionModel:
+    """The trained model from checkpoints/latent_action/{best,latest}.pt, in eval mode."""
+    from common.io import load_checkpoint
+
+    if which not in ("best", "latest"):
+        raise UserError(f"which must be 'best' or 'latest', got {which!r}")
+    payload = load_checkpoint(checkpoint_dir(checkpoint_root) / f"{which}.pt", CHECKPOINT_KIND, STAGE)
+    try:
+        model = LatentActionModel(payload["config"])
+        model.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise UserError(f"{checkpoint_dir(checkpoint_root) / f'{which}.pt'} does not match this code "
+                        f"({type(err).__name__}): re-run {STAGE}") from None
+    return model.to(device).eval()
+
+
+def palette_from_frames(frames: np.ndarray, max_colours: int = 16) -> list[tuple[int, int, int]]:
+    """The most frequent colours of some (..., 3) uint8 frames, most frequent first."""
+    keys = frames.reshape(-1, 3).astype(np.int64) @ np.array([65536, 256, 1])
+    values, counts = np.unique(keys, return_counts=True)
+    top = values[np.argsort(-counts)][:max_colours]
+    return [(int(v >> 16), int((v >> 8) & 255), int(v & 255)) for v in top]

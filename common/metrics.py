@@ -1,0 +1,43 @@
+"""Image quality measures for uint8 RGB frames: PSNR and SSIM (per frame, averaged by the caller)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _as_float(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
+    return x.float()
+
+
+def psnr(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, max_psnr: float = 60.0) -> np.ndarray:
+    """Per-frame PSNR in dB of (..., H, W, 3) uint8 frames; identical frames score `max_psnr` (not inf)."""
+    a, b = _as_float(pred), _as_float(target)
+    mse = (a - b).square().flatten(-3).mean(-1)
+    value = 10 * torch.log10(255.0 ** 2 / mse.clamp(min=1e-10))
+    return value.clamp(max=max_psnr).numpy()
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-x.square() / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Per-frame SSIM (Wang et al. 2004, 11x11 Gaussian window, averaged over RGB) of (..., H, W, 3) uint8."""
+    a, b = _as_float(pred), _as_float(target)
+    lead = a.shape[:-3]
+    H, W = a.shape[-3:-1]
+    a = a.reshape(-1, H, W, 3).permute(0, 3, 1, 2).reshape(-1, 1, H, W)
+    b = b.reshape(-1, H, W, 3).permute(0, 3, 1, 2).reshape(-1, 1, H, W)
+    window = _gaussian_window()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_a, mu_b = F.conv2d(a, window), F.conv2d(b, window)
+    var_a = F.conv2d(a * a, window) - mu_a.square()
+    var_b = F.conv2d(b * b, window) - mu_b.square()
+    cov = F.conv2d(a * b, window) - mu_a * mu_b
+    score = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a.square() + mu_b.square() + c1) * (var_a + var_b + c2))
+    return score.flatten(1).mean(1).reshape(*lead, 3).mean(-1).numpy()

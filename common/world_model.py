@@ -1,0 +1,138 @@
+"""NeuralBreakout: Breakout played inside the learned world model, with no emulator in the loop.
+
+One step: the action->latent model (Stages 4-5) turns the player's action, and the recent frames
+when it uses them, into a latent action; the dynamics decoder of the latent action model (Stage 3)
+turns the past frames plus that latent into the next frame. The decoder returns uint8 pixels, so the
+generated frame is already a valid image when it is appended to the context: the game runs on its
+own output without blur piling up.
+
+The window, the headless GIF writer, the control measures, the tests and the benchmark all drive the
+model through this one object (DESIGN.md, stage 06).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FRAME_SHAPE = (210, 160, 3)
+ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")  # Breakout's minimal action set
+
+
+def check_frames(frames: Any, count: int) -> np.ndarray:
+    """Return `frames` as a (count, 210, 160, 3) uint8 array, or raise a ValueError saying what is wrong."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"frames must be a numpy array of shape ({count}, 210, 160, 3), got {type(frames).__name__}")
+    if frames.shape != (count, *FRAME_SHAPE):
+        raise ValueError(f"frames must have shape ({count}, 210, 160, 3) (the {count} most recent real RGB "
+                         f"frames, oldest first), got {tuple(frames.shape)}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB pixels, got dtype {frames.dtype}")
+    return np.ascontiguousarray(frames)
+
+
+def check_action(action: Any) -> int:
+    """An int of the minimal action set (0 NOOP, 1 FIRE, 2 RIGHT, 3 LEFT), or a ValueError."""
+    if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+        raise ValueError(f"action must be an int in 0..3 ({', '.join(ACTION_NAMES)}), got {action!r}")
+    if not 0 <= int(action) < len(ACTION_NAMES):
+        raise ValueError(f"action must be in 0..3 ({', '.join(ACTION_NAMES)}), got {int(action)}")
+    return int(action)
+
+
+def as_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 frames as a CPU tensor without copying (the models take torch tensors)."""
+    return frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+
+
+class NeuralBreakout:
+    """The playable neural game: reset() with k real frames, then step(action) -> next frame.
+
+    Speed: the context is also kept as colour-class indices, the world model's own input, so a step
+    converts no past frame back from RGB: the decoder gives the next frame's classes and one palette
+    lookup its pixels. The result is exactly the world model's predict() (tested).
+    """
+
+    def __init__(self, latent_model: Any, action_model: Any, seed: int = 0):
+        self.latent_model = latent_model
+        self.action_model = action_model
+        self.context_frames = int(latent_model.context_frames)  # how many real frames reset() needs
+        self.palette = latent_model.palette.rgb.to(latent_model.vq.codebook.device)  # (colours, 3) uint8
+        self.generator = torch.Generator().manual_seed(seed)
+        self.frames: torch.Tensor | None = None   # (1, k, 210, 160, 3) uint8 RGB, oldest first
+        self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
+        self.steps = 0
+
+    @classmethod
+    def load(cls, checkpoint_root: str | Path = "checkpoints", device: str = "cpu", which: str = "best",
+             seed: int = 0) -> "NeuralBreakout":
+        """Load the Stage 3 world model and the Stage 5 action->latent model from the checkpoint root.
+
+        A missing checkpoint is a UserError naming the stage to run (03 or 05).
+        """
+        from common.action_to_latent import check_compatible, load_action_to_latent
+        from common.latent_action import load_latent_action_model
+
+        latent_model = load_latent_action_model(checkpoint_root, device=device, which=which)
+        action_model = load_action_to_latent(checkpoint_root, device=device)
+        check_compatible(action_model, latent_model)
+        return cls(latent_model, action_model, seed=seed)
+
+    def reset(self, frames: np.ndarray) -> None:
+        """Start from `context_frames` real RGB frames, (k, 210, 160, 3) uint8, oldest first."""
+        self.frames = torch.from_numpy(check_frames(frames, self.context_frames)[None].copy())
+        with torch.inference_mode():
+            self.indices = self.latent_model.to_index(self.frames).cpu()
+        self.steps = 0
+
+    def step(self, action: int, temperature: float = 0.0) -> np.ndarray:
+        """Advance one agent step (4 emulator frames) with `action`; return the new (210, 160, 3) uint8 frame.
+
+        temperature 0 takes the most likely latent action (deterministic); > 0 samples from the
+        action->latent model's distribution sharpened or flattened by the temperature.
+        """
+        if self.frames is None:
+            raise RuntimeError("call reset(frames) before step()")
+        codes = self.latents(self.frames, torch.tensor([check_action(action)]), temperature)
+        rgb, index = self._decode(self.indices, codes)
+        self.frames = torch.cat([self.frames[:, 1:], rgb[:, None]], dim=1)
+        self.indices = torch.cat([self.indices[:, 1:], index[:, None]], dim=1)
+        self.steps += 1
+        return rgb[0].numpy()
+
+    def step_batch(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
+                   temperature: float = 0.0) -> torch.Tensor:
+        """Stateless step(): past (B, k, 210, 160, 3) uint8 RGB, actions (B,) -> next frames (B, 210, 160, 3) uint8.
+
+        The control measures roll out many start points at once with it.
+        """
+        return self.predict(past, self.latents(past, actions, temperature))
+
+    def latents(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
+                temperature: float = 0.0) -> torch.Tensor:
+        """The latent action codes (B, P) int64 the action->latent model picks for `actions` after `past`."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        actions = torch.as_tensor(actions, dtype=torch.int64)
+        with torch.inference_mode():
+            return self.action_model.sample(actions, as_tensor(past), temperature=float(temperature),
+                                            generator=self.generator if temperature > 0 else None)
+
+    def predict(self, past: np.ndarray | torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The world model's next frames (B, 210, 160, 3) uint8 for latent codes after `past` (RGB)."""
+        with torch.inference_mode():
+            index = self.latent_model.to_index(as_tensor(past))
+        return self._decode(index, codes)[0]
+
+    def _decode(self, past_index: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(RGB (B, 210, 160, 3) uint8, class indices (B, 210, 160) uint8) of the next frame."""
+        model = self.latent_model
+        device = model.vq.codebook.device
+        with torch.inference_mode():
+            index = model.predict_indices(past_index.to(device), codes.to(device))
+            rgb = self.palette.index_select(0, index.reshape(-1).long()).view(*index.shape, 3)
+        return rgb.cpu(), index.cpu()

@@ -1,0 +1,96 @@
+"""Run every stage in order at one preset, time each, and print the project's measures.
+
+`make pipeline` calls this. Each stage is the numbered script run as its own process, exactly
+as a user would run it, so any stage can later be re-run alone after a tweak.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.cli import UserError, add_preset_arg, default_preset, run_main
+from common.io import atomic_write_json
+
+ROOT = Path(__file__).resolve().parent
+
+
+def stage_commands(preset: str, data_dir: str, ckpt_dir: str) -> list[tuple[str, list[str]]]:
+    """(name, argv) for each stage; 06 runs headless: an evaluation and the random-player GIF."""
+    dirs = ["--data-dir", data_dir, "--checkpoint-dir", ckpt_dir]
+    with_preset = ["--preset", preset, *dirs]
+    return [
+        ("01 train DQN", ["01_train_dqn.py", *with_preset]),
+        ("02 record videos", ["02_record_videos.py", *with_preset]),
+        ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset]),
+        ("04 collect action-latent pairs", ["04_collect_action_latent_pairs.py", *dirs]),
+        ("05 train action->latent", ["05_train_action_to_latent.py", *with_preset]),
+        ("06 evaluate control", ["06_play_neural_breakout.py", "--evaluate", *with_preset]),
+        ("06 neural game GIF", ["06_play_neural_breakout.py", "--headless", "--policy", "random",
+                                "--steps", "60" if preset == "smoke" else "300", *dirs]),
+    ]
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def summarize(data_dir: Path, ckpt_dir: Path, timings: dict[str, float]) -> dict:
+    """Collect the measures every stage wrote into one dict (DESIGN.md, 'Measures')."""
+    return {
+        "stage_seconds": timings,
+        "agent": _load(ckpt_dir / "dqn" / "summary.json"),
+        "recording": _load(data_dir / "actions" / "summary.json"),
+        "world_model": _load(ckpt_dir / "latent_action" / "metrics.json"),
+        "action_to_latent": _load(ckpt_dir / "latent_action" / "action_to_latent_metrics.json"),
+        "control": _load(ckpt_dir / "latent_action" / "control_metrics.json"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_preset_arg(parser)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--checkpoint-dir", default="checkpoints")
+    parser.add_argument("--from-stage", type=int, default=1, choices=range(1, 7),
+                        help="skip the stages before this one (their outputs must exist)")
+    args = parser.parse_args()
+    preset = args.preset or default_preset()
+    data_dir, ckpt_dir = Path(args.data_dir), Path(args.checkpoint_dir)
+
+    timings: dict[str, float] = {}
+    for name, argv in stage_commands(preset, args.data_dir, args.checkpoint_dir):
+        if int(name[:2]) < args.from_stage:
+            continue
+        print(f"\n=== {name} ({preset}) ===", flush=True)
+        start = time.monotonic()
+        result = subprocess.run([sys.executable, *argv], cwd=ROOT)
+        timings[name] = round(time.monotonic() - start, 1)
+        if result.returncode != 0:
+            raise UserError(f"stage '{name}' failed (exit {result.returncode}); fix it and re-run with "
+                            f"--from-stage {int(name[:2])}")
+    summary = summarize(data_dir, ckpt_dir, timings)
+    atomic_write_json(data_dir / "pipeline_summary.json", summary)
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    print("\n=== Neural Breakout: pipeline summary ===")
+    for name, seconds in summary["stage_seconds"].items():
+        print(f"  {name:<42s} {seconds / 60:6.1f} min")
+    print(f"  {'total':<42s} {sum(summary['stage_seconds'].values()) / 60:6.1f} min")
+    for section in ("agent", "world_model", "action_to_latent", "control"):
+        values = {k: v for k, v in summary[section].items() if isinstance(v, (int, float, str))}
+        if values:
+            print(f"  {section}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in values.items()))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,191 @@
+"""Stages 4-5: the (action, latent) pairs and the action->latent map."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.action_to_latent import (VIEW_SIZE, ActionToLatent, cross_entropy, frame_view, load_action_to_latent,
+                                     past_frame_indices)
+from common.cli import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_config(variant: str, **overrides) -> dict:
+    config = {"num_actions": 4, "num_codes": 8, "code_positions": 2, "context_frames": 3, "variant": variant,
+              "frames_used": 2, "hidden": 32}
+    return {**config, **overrides}
+
+
+def test_past_frames_repeat_frame_zero_at_the_start():
+    assert past_frame_indices(0, 3) == [0, 0, 0]
+    assert past_frame_indices(1, 3) == [0, 0, 1]
+    assert past_frame_indices(5, 3) == [3, 4, 5]
+
+
+def test_frame_view_keeps_the_paddle_to_the_pixel_and_a_two_pixel_ball():
+    frames = np.zeros((1, 210, 160, 3), dtype=np.uint8)
+    frames[0, 101, 77:79] = (200, 72, 72)  # the red ball, 2 px wide on an odd row
+    frames[0, 189:195, 41:57] = (200, 72, 72)  # the paddle
+    view = frame_view(torch.from_numpy(frames))[0]
+    assert view.shape == (VIEW_SIZE,) and view.dtype == torch.uint8
+    band, coarse = view[:160], view[160:].view(26, 20)
+    assert torch.equal(torch.nonzero(band).flatten(), torch.arange(41, 57))
+    assert coarse[101 // 8, 77 // 8] == 200 and coarse[189 // 8, 41 // 8] == 200
+    assert int((coarse > 0).sum()) == 1 + 2 * 3  # the ball's block; the paddle spans 2 x 3 blocks
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train ~5x faster on one thread of this busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_frames_variant_learns_a_state_dependent_mapping(one_thread):
+    """The latent a key produces depends on the frame (e.g. LEFT at the wall): the frames variant learns it."""
+    torch.manual_seed(0)
+    n = 128
+    past = torch.zeros(n, 1, 210, 160, 3, dtype=torch.uint8)
+    x = torch.randint(8, 136, (n,))
+    for i in range(n):
+        past[i, -1, 189:195, x[i]:x[i] + 16, 0] = 200  # the paddle in the newest frame
+    actions = torch.randint(0, 4, (n,))
+    at_left = (x < 72).long()
+    codes = torch.stack([actions + 4 * at_left, actions], 1)  # position 0 depends on the paddle's side
+    model = ActionToLatent(tiny_config("frames", context_frames=1, frames_used=1))
+    views = model.views_from_past(past)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = cross_entropy(model.features_from_views(actions, views), codes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    assert torch.equal(model.sample(actions, past), codes)
+    with pytest.raises(ValueError):
+        model.logits(actions[:2])  # the frames variant refuses to guess without frames
+    assert ActionToLatent(tiny_config("action")).logits(actions[:2]).shape == (2, 2, 8)
+
+
+def test_temperature_zero_is_deterministic_and_sampling_is_seeded():
+    torch.manual_seed(1)
+    model = ActionToLatent(tiny_config("frames")).eval()
+    past = torch.randint(0, 256, (5, 3, 210, 160, 3), dtype=torch.uint8)
+    actions = torch.tensor([0, 1, 2, 3, 2])
+    greedy = model.sample(actions, past, temperature=0.0)
+    assert greedy.shape == (5, 2) and greedy.dtype == torch.int64
+    assert torch.equal(greedy, model.sample(actions, past, temperature=0.0))
+    assert torch.equal(greedy, model.logits(actions, past).argmax(-1))
+    hot = [model.sample(actions, past, temperature=50.0, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    assert torch.equal(hot[0], hot[1])
+    many = model.sample(actions.repeat(40), past.repeat(40, 1, 1, 1, 1), temperature=50.0)
+    assert len(many.unique()) > 1  # a high temperature does sample, not argmax
+
+
+def test_missing_inputs_name_the_stage_to_run(tmp_path):
+    with pytest.raises(UserError, match="05_train_action_to_latent.py"):
+        load_action_to_latent(tmp_path)
+    result = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--data-dir", str(tmp_path / "data"),
+                        "--checkpoint-dir", str(tmp_path / "ckpt"))
+    assert result.returncode == 2 and "04_collect_action_latent_pairs.py" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_script("04_collect_action_latent_pairs.py", "--data-dir", str(tmp_path / "data"),
+                        "--checkpoint-dir", str(tmp_path / "ckpt"))
+    assert result.returncode == 2 and "02_record_videos.py" in result.stderr
+
+
+def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
+    """One pair per transition, in order, with the data set's actions and splits, and the codes the
+    encoder gives on the real RGB frames (past padded with frame 0, as Stage 3 trains)."""
+    from common.dataset import load_episodes, read_frames
+    from common.latent_action import load_latent_action_model
+
+    data = smoke_action_to_latent.parent / "data"
+    doc = json.loads((data / "actions" / "action_latent_pairs.json").read_text())
+    model = load_latent_action_model(smoke_action_to_latent)
+    episodes = load_episodes(data)
+    assert doc["meta"]["transitions"] == len(doc["pairs"]) == sum(e.num_frames - 1 for e in episodes)
+    for episode in episodes:
+        rows = [p for p in doc["pairs"] if (p["level"], p["episode"]) == (episode.level, episode.index)]
+        assert [p["frame"] for p in rows] == list(range(episode.num_frames - 1))
+        assert [p["action"] for p in rows] == episode.actions
+        assert {p["split"] for p in rows} == {episode.split}
+        assert all(len(p["latent_code"]) == model.code_positions for p in rows)
+        assert all(0 <= c < model.num_codes for p in rows for c in p["latent_code"])
+    episode = episodes[0]
+    frames = torch.from_numpy(read_frames(episode))
+    picks = [0, 1, episode.num_frames - 2]
+    past = torch.stack([frames[past_frame_indices(i, model.context_frames)] for i in picks])
+    codes = model.encode(past, frames[[i + 1 for i in picks]])
+    rows = [p for p in doc["pairs"] if (p["level"], p["episode"]) == (episode.level, episode.index)]
+    assert codes.tolist() == [rows[i]["latent_code"] for i in picks]
+    stats = json.loads((data / "actions" / "action_latent_stats.json").read_text())
+    assert sum(row["count"] for row in stats["actions"].values()) == len(doc["pairs"])
+
+
+def test_smoke_map_loads_and_reports(smoke_action_to_latent):
+    from common.action_to_latent import check_compatible
+    from common.latent_action import load_latent_action_model
+
+    model = load_action_to_latent(smoke_action_to_latent)
+    latent = load_latent_action_model(smoke_action_to_latent)
+    check_compatible(model, latent)
+    assert model.uses_frames and model.context_frames == latent.context_frames
+    metrics = json.loads((smoke_action_to_latent / "latent_action" / "action_to_latent_metrics.json").read_text())
+    split = metrics["report_split"]
+    assert 0.0 <= metrics[f"{split}_transition_accuracy"] <= 1.0
+    assert metrics["report"]["transitions"] == metrics["pairs"][split] > 0
+    assert sum(row["count"] for row in metrics["report"]["per_action"].values()) == metrics["pairs"][split]
+    past = torch.zeros(2, latent.context_frames, 210, 160, 3, dtype=torch.uint8)
+    codes = model.sample(torch.tensor([2, 3]), past)
+    assert codes.shape == (2, latent.code_positions) and int(codes.max()) < latent.num_codes
+
+
+def test_05_learns_a_synthetic_deterministic_mapping_and_refuses_stale_pairs(smoke_action_to_latent, tmp_path):
+    """Pairs whose code is a fixed function of the action: 05 must get every test transition right."""
+    source = smoke_action_to_latent.parent / "data"
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copytree(source / "actions", data / "actions")
+    (data / "raw_gameplay").symlink_to((source / "raw_gameplay").resolve(), target_is_directory=True)
+    pairs_path = data / "actions" / "action_latent_pairs.json"
+    doc = json.loads(pairs_path.read_text())
+    doc["meta"].update(num_codes=8, code_positions=2, latent_checkpoint="synthetic.pt")
+    for pair in doc["pairs"]:
+        pair["latent_code"] = [(3 * pair["action"] + 1) % 8, 7 - pair["action"]]
+    pairs_path.write_text(json.dumps(doc))
+    ckpt = tmp_path / "ckpt"
+    result = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--variant", "action", "--epochs", "40",
+                        "--lr", "0.01", "--data-dir", str(data), "--checkpoint-dir", str(ckpt))
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((ckpt / "latent_action" / "action_to_latent_metrics.json").read_text())
+    assert metrics["report_split"] == "test" and metrics["test_transition_accuracy"] == 1.0
+    model = load_action_to_latent(ckpt)
+    assert model.sample(torch.arange(4)).tolist() == [[(3 * a + 1) % 8, 7 - a] for a in range(4)]
+
+    doc["pairs"][3]["action"] = (doc["pairs"][3]["action"] + 1) % 4  # pairs out of step with the data set
+    pairs_path.write_text(json.dumps(doc))
+    result = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--data-dir", str(data),
+                        "--checkpoint-dir", str(ckpt))
+    assert result.returncode == 2 and "04_collect_action_latent_pairs.py" in result.stderr
+
+
+def test_04_without_a_latent_model_names_stage_3(smoke_data, tmp_path):
+    result = run_script("04_collect_action_latent_pairs.py", "--data-dir", str(smoke_data),
+                        "--checkpoint-dir", str(tmp_path))
+    assert result.returncode == 2 and "03_train_latent_action.py" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,230 @@
+"""Stage 6: the NeuralBreakout API, the play script's modes and the control measures."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from common.cli import UserError
+from common.world_model import NeuralBreakout
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "06_play_neural_breakout.py"
+
+
+def load_script():
+    """The numbered script as a module (its name starts with a digit, so no plain import)."""
+    spec = importlib.util.spec_from_file_location("play_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_play(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def start_frames(smoke_data, smoke_action_to_latent):
+    from common.dataset import read_frames, require_dataset
+
+    k = NeuralBreakout.load(smoke_action_to_latent).context_frames
+    episode = next(ep for ep in require_dataset(smoke_data) if ep.num_frames > k + 10)
+    return read_frames(episode, 0, k)
+
+
+# ---------------------------------------------------------------- the API contract
+def test_step_returns_frames_and_temperature_zero_is_deterministic(smoke_action_to_latent, start_frames):
+    game = NeuralBreakout.load(smoke_action_to_latent, device="cpu")
+    assert game.context_frames == len(start_frames) >= 1
+    actions = [1, 2, 2, 3, 0, 3]
+    runs = []
+    for _ in range(2):
+        game.reset(start_frames)
+        runs.append(np.stack([game.step(a) for a in actions]))
+    assert runs[0].shape == (len(actions), 210, 160, 3) and runs[0].dtype == np.uint8
+    np.testing.assert_array_equal(runs[0], runs[1])
+    game.reset(start_frames)
+    sampled = game.step(2, temperature=1.5)
+    assert sampled.shape == (210, 160, 3) and sampled.dtype == np.uint8
+
+
+def test_steps_are_the_world_models_predictions_fed_back(smoke_action_to_latent, start_frames):
+    game = NeuralBreakout.load(smoke_action_to_latent)
+    game.reset(start_frames)
+    for action in (1, 2, 3):
+        past = game.frames.clone()
+        expected = game.latent_model.predict(past, game.latents(past, torch.tensor([action])))[0].numpy()
+        frame = game.step(action)
+        np.testing.assert_array_equal(frame, expected)  # the fast index-state path = the model's predict()
+        np.testing.assert_array_equal(game.frames[0, -1].numpy(), frame)
+        np.testing.assert_array_equal(game.frames[0, :-1].numpy(), past[0, 1:].numpy())
+
+
+def test_bad_inputs_raise_clear_errors(smoke_action_to_latent, start_frames):
+    game = NeuralBreakout.load(smoke_action_to_latent)
+    with pytest.raises(RuntimeError, match="reset"):
+        game.step(0)
+    k = game.context_frames
+    with pytest.raises(ValueError, match=rf"\({k}, 210, 160, 3\)"):
+        game.reset(start_frames[:, :100])
+    with pytest.raises(ValueError, match="uint8"):
+        game.reset(start_frames.astype(np.float32))
+    game.reset(start_frames)
+    for bad in (4, -1, 2.0, "LEFT"):
+        with pytest.raises(ValueError, match="action"):
+            game.step(bad)
+    with pytest.raises(ValueError, match="temperature"):
+        game.step(0, temperature=-1)
+
+
+def test_missing_checkpoints_name_the_stage(tmp_path, smoke_action_to_latent):
+    with pytest.raises(UserError, match="03"):
+        NeuralBreakout.load(tmp_path)
+    shutil.copytree(Path(smoke_action_to_latent) / "latent_action", tmp_path / "latent_action")
+    (tmp_path / "latent_action" / "action_to_latent_best.pt").unlink()
+    with pytest.raises(UserError, match="05"):
+        NeuralBreakout.load(tmp_path)
+    result = run_play("--headless", "--steps", "2", "--checkpoint-dir", str(tmp_path / "none"))
+    assert result.returncode == 2 and "03" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- controls
+def test_key_mapping():
+    import pygame
+
+    play = load_script()
+
+    def action(*held):
+        return play.action_from_keys(lambda key: key in held)
+
+    assert action() == play.NOOP
+    assert action(pygame.K_SPACE) == play.FIRE
+    assert action(pygame.K_RIGHT) == play.RIGHT
+    assert action(pygame.K_LEFT) == play.LEFT
+    assert action(pygame.K_PERIOD) == play.NOOP
+    assert action(pygame.K_LEFT, pygame.K_RIGHT) == play.NOOP
+    assert action(pygame.K_SPACE, pygame.K_LEFT) == play.FIRE
+    assert action(pygame.K_PERIOD, pygame.K_LEFT) == play.NOOP
+    assert action(pygame.K_a) == play.NOOP
+
+
+def test_keys_file_policy(tmp_path):
+    play = load_script()
+    path = tmp_path / "keys.txt"
+    path.write_text("FIRE right*3\n3 noop*2\n")
+    assert play.parse_keys_file(str(path)) == [1, 2, 2, 2, 3, 0, 0]
+    policy = play.make_policy(f"keys:{path}", seed=0)
+    assert [policy(i) for i in range(9)] == [1, 2, 2, 2, 3, 0, 0, 0, 0]
+    path.write_text("JUMP")
+    with pytest.raises(UserError, match="JUMP"):
+        play.parse_keys_file(str(path))
+
+
+# ---------------------------------------------------------------- the script's modes
+def test_headless_writes_a_gif_with_the_requested_frames(tmp_path, smoke_data, smoke_action_to_latent):
+    from PIL import Image
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("FIRE LEFT*3 RIGHT*3")
+    gif = tmp_path / "game.gif"
+    result = run_play("--headless", "--steps", "7", "--policy", f"keys:{keys}", "--output", str(gif),
+                      "--data-dir", str(smoke_data), "--checkpoint-dir", str(smoke_action_to_latent))
+    assert result.returncode == 0, result.stderr
+    with Image.open(gif) as image:
+        assert image.n_frames == 7
+        assert image.size == (160, 224)
+    assert gif.with_suffix(".mp4").stat().st_size > 0
+
+
+def test_window_and_compare_run_under_the_dummy_driver(smoke_data, smoke_action_to_latent):
+    common = ["--max-steps", "3", "--fps", "100", "--data-dir", str(smoke_data),
+              "--checkpoint-dir", str(smoke_action_to_latent)]
+    result = run_play(*common)
+    assert result.returncode == 0, result.stderr
+    assert "played 3 steps" in result.stdout
+    result = run_play(*common, "--compare", "--random-start")
+    assert result.returncode == 0, result.stderr
+    assert "played 3 steps" in result.stdout
+
+
+def test_evaluate_writes_control_metrics(tmp_path, smoke_data, smoke_action_to_latent):
+    root = tmp_path / "checkpoints"
+    shutil.copytree(Path(smoke_action_to_latent) / "latent_action", root / "latent_action")
+    result = run_play("--evaluate", "--preset", "smoke", "--speed-steps", "5", "--control-steps", "10",
+                      "--drift-steps", "20", "--data-dir", str(smoke_data), "--checkpoint-dir", str(root))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((root / "latent_action" / "control_metrics.json").read_text())
+    for key in ("paddle_within_3px", "ball_within_4px", "copy_last_frame_paddle_within_3px",
+                "inferred_latents_paddle_within_3px"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["play_fps"] > 0 and metrics["play_latency_ms_p95"] >= metrics["play_latency_ms_p50"] > 0
+    assert len(metrics["details"]["action_to_latent"]["psnr_db_by_step"]) == 20
+    assert len(metrics["details"]["action_to_latent"]["paddle_within_3px_by_step"]) == 10
+    assert metrics["details"]["windows"] >= 1
+
+
+# ---------------------------------------------------------------- the control measures
+class MarkerGame:
+    """A perfect 'model' of a synthetic game where pixel [0, 0, 0] counts steps and [0, 0, 1] holds the action."""
+
+    context_frames = 2
+
+    def step_batch(self, past, actions, temperature=0.0):
+        nxt = past[:, -1].clone()
+        nxt[:, 0, 0, 0] += 1
+        nxt[:, 0, 0, 1] = actions.to(torch.uint8)
+        return nxt
+
+
+def synthetic_episode(num_frames: int, seed: int):
+    actions = np.random.default_rng(seed).integers(0, 4, num_frames - 1)
+    frames = np.zeros((num_frames, 210, 160, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(num_frames)
+    frames[1:, 0, 0, 1] = actions
+    return SimpleNamespace(num_frames=num_frames, actions=actions.tolist(), frames=frames)
+
+
+def test_control_rollouts_align_actions_and_frames(monkeypatch):
+    import common.control_eval as ce
+
+    monkeypatch.setattr(ce, "read_frames", lambda ep, start, stop: ep.frames[start:stop].copy())
+    monkeypatch.setattr(ce, "paddle_x", lambda f: float(f[0, 0, 0]) * 10)  # one step off = 10 px off
+    monkeypatch.setattr(ce, "ball_xy", lambda f: (float(f[0, 0, 1]) * 10, 0.0))  # a wrong action = miss
+    episodes = [synthetic_episode(40, 0), synthetic_episode(20, 1)]
+    metrics = ce.evaluate_control(MarkerGame(), episodes, control_steps=5, drift_steps=8, max_windows=100,
+                                  batch_size=3, with_inferred_latents=False)
+    # windows start at t0 = k-1 = 1, every 8 steps, while t0 + 8 <= num_frames - 1: 1..25 and 1, 9
+    assert metrics["windows"] == 6 and metrics["episodes"] == 2
+    ours, still = metrics["action_to_latent"], metrics["copy_last_frame"]
+    assert ours["paddle_within_3px"] == 1.0 and ours["ball_within_4px"] == 1.0
+    assert ours["psnr_db_by_step"] == [ce.PSNR_CAP_DB] * 8
+    assert still["paddle_within_3px"] == 0.0
+    assert len(ours["paddle_within_3px_by_step"]) == 5
+
+
+def test_absent_in_both_is_a_match_and_in_one_a_miss(monkeypatch):
+    import common.control_eval as ce
+
+    found = {0: None, 1: (10.0, 20.0), 2: (12.0, 23.0), 3: (13.0, 24.0), 4: (14.0, 20.0)}
+    monkeypatch.setattr(ce, "ball_xy", lambda f: found[int(f[0, 0, 0])])
+    monkeypatch.setattr(ce, "paddle_x", lambda f: None if found[int(f[0, 0, 0])] is None else found[int(f[0, 0, 0])][0])
+    frame = {i: np.full((210, 160, 3), i, np.uint8) for i in found}
+    assert ce.ball_match(frame[0], frame[0]) and ce.paddle_match(frame[0], frame[0])
+    assert not ce.ball_match(frame[0], frame[1]) and not ce.ball_match(frame[1], frame[0])
+    assert not ce.paddle_match(frame[1], frame[0]) and not ce.paddle_match(frame[0], frame[1])
+    assert ce.ball_match(frame[1], frame[2])  # 3.6 px apart
+    assert not ce.ball_match(frame[1], frame[3])  # 5 px apart
+    assert ce.paddle_match(frame[1], frame[3])  # 3 px
+    assert not ce.paddle_match(frame[1], frame[4])  # 4 px
