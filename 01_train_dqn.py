@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import sys
 import time
@@ -365,6 +366,10 @@ class Trainer:
         self.q_sum += q.detach().mean().item()
         self.loss_count += 1
 
+    def learn_many(self, count: int) -> None:
+        for _ in range(count):
+            self.learn()
+
     # ---- evaluation, logging ------------------------------------------------------------------
     def evaluate_and_save(self, writer, progress) -> float:
         policy = DQNPolicy(self.online, self.model_config, self.env_config, self.device, self.step)
@@ -498,12 +503,8 @@ class Trainer:
                 if learning and len(self.replay) >= a.batch_size:
                     update_credit += a.num_envs * a.updates_per_step
                     num_updates, update_credit = int(update_credit), update_credit - int(update_credit)
-
-                def updates(n=num_updates):
-                    for _ in range(n):
-                        self.learn()
-
-                obs, lives = self.env_step(env, actions, lives, overlap=updates if num_updates else None)
+                overlap = functools.partial(self.learn_many, num_updates) if num_updates else None
+                obs, lives = self.env_step(env, actions, lives, overlap=overlap)
                 progress.update(a.num_envs)
                 if self.step >= next_log:
                     now = time.monotonic()

@@ -358,10 +358,12 @@ def record(args: argparse.Namespace, plans: list[dict]) -> None:
                   f"(--add for more, --replace to re-record)")
         stores.append(store)
         jobs += [(store, store.job(store.next_index + i, args, plan)) for i in range(count)]
+    if not jobs:
+        return
     print(f"recording {len(jobs)} episodes over levels {[p['level'] for p in plans]} with {args.workers} "
           f"worker(s) into {args.data_dir} ({mode}, max {args.max_steps} steps per episode)")
     try:
-        frames, seconds = run_jobs(jobs, args.workers) if jobs else (0, 0.0)
+        frames, seconds = run_jobs(jobs, args.workers)
     except BaseException:
         for store in stores:
             store.abandon()
@@ -370,8 +372,7 @@ def record(args: argparse.Namespace, plans: list[dict]) -> None:
         raise
     for store in stores:
         store.finish()
-    if jobs:
-        print(f"recorded {frames} frames in {seconds:.1f} s = {frames / max(seconds, 1e-9):.0f} frames/s")
+    print(f"recorded {frames} frames in {seconds:.1f} s = {frames / max(seconds, 1e-9):.0f} frames/s")
 
 
 def main() -> None:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
+import os
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +31,15 @@ from common.latent_action import CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionMo
 from common.wm_eval import action_code_table, evaluate_world_model
 
 PRESETS = {
-    "smoke": {"time_budget": 0.25, "max_steps": 40, "batch_size": 4, "eval_every": 5.0, "val_batches": 2,
-              "eval_episodes": 1, "rollout_steps": 8, "widths": "8,8,8,8", "encoder_width": 8,
-              "collapse_check_after": 10**9},
+    "smoke": {"time_budget": 0.15, "max_steps": 20, "batch_size": 4, "eval_every": 4.0, "val_batches": 1,
+              "eval_episodes": 1, "rollout_steps": 6, "widths": "8,8,8,8", "encoder_width": 8,
+              "collapse_check_after": 10**9, "vq_warmup": 5, "threads": 1},
     "quick": {"time_budget": 25.0, "max_steps": 10**9, "batch_size": 32, "eval_every": 120.0, "val_batches": 8,
-              "eval_episodes": 8, "rollout_steps": 50, "widths": None, "encoder_width": None,
-              "collapse_check_after": 1500},
+              "eval_episodes": 4, "rollout_steps": 50, "widths": None, "encoder_width": None,
+              "collapse_check_after": 1500, "vq_warmup": 150, "threads": None},
     "full": {"time_budget": 240.0, "max_steps": 10**9, "batch_size": 64, "eval_every": 300.0, "val_batches": 32,
              "eval_episodes": 32, "rollout_steps": 50, "widths": "64,128,192,256", "encoder_width": 96,
-             "collapse_check_after": 3000},
+             "collapse_check_after": 3000, "vq_warmup": 1000, "threads": None},
 }
 SEEDS_CONFIG = {"context_frames": 1, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128, "skips": False,
                 "copy_bias": False}
@@ -66,8 +69,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep-static", type=probability, default=0.1,
                    help="share of motionless pixel cells scored per update (reweighted; saves CPU)")
     p.add_argument("--ema-decay", type=probability, default=None, help="codebook EMA decay (default 0.9)")
-    p.add_argument("--dead-code-threshold", type=probability, default=0.02,
+    p.add_argument("--dead-code-threshold", type=probability, default=0.01,
                    help="restart codes whose recent usage share is below this")
+    p.add_argument("--vq-warmup", type=int, default=None,
+                   help="updates that pass the encoder's continuous vector to the decoder before the codebook "
+                        "is placed by k-means and quantization starts (0: quantize from the start)")
     p.add_argument("--restart-every", type=positive_int, default=50, help="updates between dead-code checks")
     p.add_argument("--collapse-check-after", type=positive_int, default=None,
                    help="updates after which a collapsed codebook (perplexity < 1.3) stops training")
@@ -76,12 +82,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-episodes", type=positive_int, default=None, help="test episodes for the final evaluation")
     p.add_argument("--rollout-steps", type=positive_int, default=None, help="longest rollout in the evaluation")
     p.add_argument("--resume", action="store_true", help="continue from latent_action/latest.pt")
+    p.add_argument("--eval-only", action="store_true",
+                   help="skip training: evaluate latent_action/best.pt on the test episodes and rewrite metrics.json")
     p.add_argument("--rebuild-cache", action="store_true", help="decode the PNGs again even if the cache is fresh")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads (default: all cores, or 1 when the machine is already busy; smoke uses 1)")
     p.add_argument("--seed", type=int, default=0)
     args = apply_preset(p.parse_args(), PRESETS)
     return args
+
+
+def auto_threads() -> int:
+    """All cores on an idle machine, one thread as soon as other work shares it: measured on this shared
+    2-core CPU (bench/bench_latent.py), two threads trained 4.4 samples/s where one thread trained 20.6."""
+    cores = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] >= 0.5 * cores else cores
 
 
 def model_config(args: argparse.Namespace, palette: list) -> dict:
@@ -198,12 +214,17 @@ def save(path: Path, model, optimizer, args, step: int, elapsed: float, best_val
 
 def main() -> None:
     args = parse_args()
-    threads = set_threads(args.threads)
+    threads = set_threads(args.threads or auto_threads())
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     out_dir = checkpoint_dir(args.checkpoint_dir)
     log_dir = Path(args.log_dir or "runs/latent_action")
     cache = load_frame_cache(args.data_dir, rebuild=args.rebuild_cache)
+    if args.eval_only:
+        previous = out_dir / "metrics.json"
+        training = json.loads(previous.read_text()).get("training", {}) if previous.exists() else {}
+        evaluate(args, cache, device, training)
+        return
 
     config = model_config(args, cache.palette)
     try:
@@ -224,6 +245,7 @@ def main() -> None:
         torch.set_rng_state(state["torch_rng"])
         train.rng.bit_generator.state = state["numpy_rng"]
         print(f"resumed from step {step} ({elapsed_before / 60:.1f} min trained)")
+    start_step = step
     val = TransitionSampler(cache, "val", model.context_frames, args.seed + 1)
     val_rng = np.random.default_rng(1234)
     val_batches = [val_rng.integers(len(val), size=args.batch_size) for _ in range(args.val_batches)]
@@ -237,7 +259,7 @@ def main() -> None:
     csv_file = open(csv_path, "a" if args.resume else "w", newline="")
     writer = csv.writer(csv_file)
     if not args.resume:
-        writer.writerow(["step", "minutes", "samples_per_s", "lr", "recon", "vq", "perplexity", "codes_used",
+        writer.writerow(["step", "minutes", "samples_per_s", "lr", "recon", "vq", "perplexity", "codes_used", "restarts",
                          "train_code_purity", "train_code_separation", "val_recon", "val_changed_acc",
                          "val_code_purity", "val_code_separation"])
     from torch.utils.tensorboard import SummaryWriter
@@ -246,6 +268,9 @@ def main() -> None:
     budget_s = args.time_budget * 60
     use_amp = device.type == "cuda"
     window_codes, window_actions = [], []
+    recent_z: deque[torch.Tensor] = deque(maxlen=max(10, 1024 // args.batch_size))
+    model.vq.bypass = step < args.vq_warmup
+    restarts_total = 0
     start = time.time()
     last_eval, last_log, samples_since = start, start, 0
     recent = {"recon": 0.0, "vq": 0.0, "n": 0}
@@ -275,8 +300,14 @@ def main() -> None:
             recent["n"] += 1
             window_codes.append(codes[:, 0].cpu().numpy())
             window_actions.append(actions)
-            if step % args.restart_every == 0:
-                model.vq.restart_dead_codes(model.last_z, args.dead_code_threshold)
+            recent_z.append(model.last_z)
+            if model.vq.bypass and step >= args.vq_warmup:
+                model.vq.start_quantizing(torch.cat(list(recent_z)))
+                tqdm.write(f"step {step}: warm-up over, codebook placed by k-means on {len(torch.cat(list(recent_z)))} "
+                           f"encoder outputs; quantizing from now on")
+            elif step % args.restart_every == 0:
+                restarted = model.vq.restart_dead_codes(torch.cat(list(recent_z)), args.dead_code_threshold)
+                restarts_total += restarted
             bar.update(1)
             now = time.time()
             if now - last_log >= 20 or now - last_eval >= args.eval_every or progress >= 1:
@@ -287,13 +318,13 @@ def main() -> None:
                 speed = samples_since / (now - last_log)
                 row = {"step": step, "minutes": (elapsed_before + now - start) / 60, "samples_per_s": speed, "lr": lr,
                        "recon": recent["recon"] / recent["n"], "vq": recent["vq"] / recent["n"],
-                       "perplexity": perplexity, "codes_used": int((usage > 0).sum()),
+                       "perplexity": perplexity, "codes_used": int((usage > 0).sum()), "restarts": restarts_total,
                        "train_code_purity": table["purity"], "train_code_separation": table["separation"]}
                 val_row = {}
                 if now - last_eval >= args.eval_every:
                     val_row = validate(model, val, val_batches, device, args.changed_weight)
                     last_eval = time.time()
-                    if val_row["recon"] < best_val:
+                    if val_row["recon"] < best_val and not model.vq.bypass:
                         best_val = val_row["recon"]
                         save(out_dir / "best.pt", model, optimizer, args, step, elapsed, best_val,
                              cache.fingerprint, train.rng)
@@ -337,14 +368,22 @@ def main() -> None:
                         f"a smaller --num-codes, or more random-policy data. Checkpoints kept in {out_dir}")
 
     print(f"trained {step} updates in {elapsed / 60:.1f} min; best val recon {best_val:.4f}; evaluating on test episodes")
-    best = LatentActionModel(config)
-    best.load_state_dict(load_checkpoint(out_dir / "best.pt", CHECKPOINT_KIND)["model"])
+    training = {"steps": step, "minutes": elapsed / 60, "best_val_recon": best_val,
+                "samples_per_s": (step - start_step) * args.batch_size / max(elapsed - elapsed_before, 1e-9),
+                "batch_size": args.batch_size, "parameters": n_params, "preset": args.preset, "device": str(device),
+                "threads": threads, "config": {k: v for k, v in config.items() if k != "palette"}}
+    evaluate(args, cache, device, training)
+
+
+def evaluate(args: argparse.Namespace, cache: FrameCache, device: torch.device, training: dict) -> None:
+    """Held-out measures of best.pt (common/wm_eval.py) -> latent_action/metrics.json."""
+    out_dir = checkpoint_dir(args.checkpoint_dir)
+    state = load_checkpoint(out_dir / "best.pt", CHECKPOINT_KIND, "03_train_latent_action.py")
+    best = LatentActionModel(state["config"])
+    best.load_state_dict(state["model"])
     metrics = evaluate_world_model(best.to(device).eval(), cache, out_dir, episodes=args.eval_episodes,
                                    rollout_steps=args.rollout_steps, seed=args.seed)
-    metrics["training"] = {"steps": step, "minutes": elapsed / 60, "best_val_recon": best_val,
-                           "samples_per_s": step * args.batch_size / max(elapsed, 1e-9), "batch_size": args.batch_size,
-                           "parameters": n_params, "preset": args.preset, "device": str(device), "threads": threads,
-                           "config": {k: v for k, v in config.items() if k != "palette"}}
+    metrics["training"] = training
     atomic_write_json(out_dir / "metrics.json", metrics)
     print(f"one-step PSNR {metrics['one_step']['psnr']:.2f} dB (copy-last-frame "
           f"{metrics['one_step']['copy_last_psnr']:.2f}); delta-PSNR {metrics['delta_psnr']:.2f} dB; "

@@ -23,7 +23,7 @@ from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_fl
                         positive_int, run_main, set_threads)
 from common.dataset import require_dataset
 from common.frame_cache import load_frame_cache
-from common.io import atomic_write_json, read_json, save_checkpoint
+from common.io import atomic_write_json, load_checkpoint, read_json, save_checkpoint
 
 PAIRS_STAGE = "04_collect_action_latent_pairs.py"
 PRESETS = {
@@ -85,7 +85,7 @@ def load_frame_views(data_dir: str | Path, pairs: dict, k: int, frames_used: int
     cached = {(e.level, e.index): e for e in cache.episodes}
     offsets, views, start = {}, [], 0
     for key in tqdm(sorted(set(pairs["episode"])), desc="frame views", unit="episode"):
-        classes = torch.from_numpy(np.asarray(cache.episode_frames(cached[key]))).long()
+        classes = torch.from_numpy(np.array(cache.episode_frames(cached[key]))).long()
         views.append(red_view(red[classes]))
         offsets[key] = start
         start += len(classes)
@@ -146,39 +146,12 @@ def majority_baseline(pairs: dict, train_rows: np.ndarray, rows: np.ndarray) -> 
     return float(np.mean(right))
 
 
-def main() -> None:
-    args = parse_args()
-    set_threads(args.threads)
-    torch.manual_seed(args.seed)
+def train(model: ActionToLatent, config: dict, pairs: dict, views, view_index, split_rows: dict, select_split: str,
+          names: list[str], args: argparse.Namespace, device: torch.device, out_path: Path) -> tuple[dict, int]:
+    """Adam on cross-entropy for --epochs or --time-budget; after each epoch the best model on the
+    selection split (per-transition accuracy, ties by loss) is saved. Ctrl-C keeps the best so far."""
     rng = np.random.default_rng(args.seed)
-    device = pick_device(args.device)
-
-    pairs = load_pairs(args.data_dir, args.checkpoint_dir)
-    meta = pairs["meta"]
-    names = list(meta["action_meanings"])
-    config = {"num_actions": len(names), "num_codes": meta["num_codes"], "code_positions": meta["code_positions"],
-              "context_frames": meta["context_frames"], "variant": args.variant,
-              "frames_used": min(args.frames_used, meta["context_frames"]), "hidden": args.hidden,
-              "action_meanings": names, "latent_fingerprint": meta["latent_fingerprint"]}
-    model = ActionToLatent(config).to(device)
-    episodes = {(e.level, e.index): e for e in require_dataset(args.data_dir)}
-    check_pairs_match_dataset(episodes, pairs)
-    views = view_index = None
-    if model.uses_frames:
-        views, view_index = load_frame_views(args.data_dir, pairs, model.context_frames, model.frames_used)
-
-    split_rows = {s: np.flatnonzero(pairs["split"] == s) for s in ("train", "val", "test")}
-    if not len(split_rows["train"]):
-        raise UserError(f"no training pairs (no episode in the train split): record more episodes with "
-                        f"02_record_videos.py, then re-run {PAIRS_STAGE}")
-    select_split = "val" if len(split_rows["val"]) else "train"
-    report_split = "test" if len(split_rows["test"]) else select_split
-    print(f"pairs: " + ", ".join(f"{s} {len(r)}" for s, r in split_rows.items())
-          + f"; model selection on {select_split}, report on {report_split}; variant {args.variant}, "
-            f"{sum(p.numel() for p in model.parameters())} parameters")
-
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    out_path = checkpoint_path(args.checkpoint_dir)
     deadline = time.monotonic() + 60 * args.time_budget
     best = {"accuracy": -1.0, "loss": float("inf"), "epoch": 0}
     train_rows = split_rows["train"]
@@ -216,8 +189,57 @@ def main() -> None:
         print("\ninterrupted: reporting on the best checkpoint so far")
         if best["epoch"] == 0:
             raise
+    return best, steps
 
-    payload = torch.load(out_path, map_location="cpu", weights_only=True)
+
+def step_latency_ms(model: ActionToLatent, repeats: int = 200) -> dict:
+    """Milliseconds one play step spends in the map (batch 1, CPU, frames included): p50 and p95."""
+    model = model.cpu().eval()
+    past = torch.zeros(1, model.context_frames, 210, 160, 3, dtype=torch.uint8) if model.uses_frames else None
+    action, times = torch.tensor([2]), []
+    for _ in range(repeats + 10):
+        start = time.perf_counter()
+        model.sample(action, past)
+        times.append(1000 * (time.perf_counter() - start))
+    times = np.array(times[10:])
+    return {"p50": round(float(np.percentile(times, 50)), 3), "p95": round(float(np.percentile(times, 95)), 3)}
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = pick_device(args.device)
+
+    pairs = load_pairs(args.data_dir, args.checkpoint_dir)
+    meta = pairs["meta"]
+    names = list(meta["action_meanings"])
+    config = {"num_actions": len(names), "num_codes": meta["num_codes"], "code_positions": meta["code_positions"],
+              "context_frames": meta["context_frames"], "variant": args.variant,
+              "frames_used": min(args.frames_used, meta["context_frames"]), "hidden": args.hidden,
+              "action_meanings": names, "latent_fingerprint": meta["latent_fingerprint"]}
+    model = ActionToLatent(config).to(device)
+    episodes = {(e.level, e.index): e for e in require_dataset(args.data_dir)}
+    check_pairs_match_dataset(episodes, pairs)
+    views = view_index = None
+    if model.uses_frames:
+        views, view_index = load_frame_views(args.data_dir, pairs, model.context_frames, model.frames_used)
+
+    split_rows = {s: np.flatnonzero(pairs["split"] == s) for s in ("train", "val", "test")}
+    if not len(split_rows["train"]):
+        raise UserError(f"no training pairs (no episode in the train split): record more episodes with "
+                        f"02_record_videos.py, then re-run {PAIRS_STAGE}")
+    select_split = "val" if len(split_rows["val"]) else "train"
+    report_split = "test" if len(split_rows["test"]) else select_split
+    print(f"pairs: " + ", ".join(f"{s} {len(r)}" for s, r in split_rows.items())
+          + f"; model selection on {select_split}, report on {report_split}; variant {args.variant}, "
+            f"{sum(p.numel() for p in model.parameters())} parameters")
+
+    out_path = checkpoint_path(args.checkpoint_dir)
+    best, steps = train(model, config, pairs, views, view_index, split_rows, select_split, names, args, device,
+                        out_path)
+
+    payload = load_checkpoint(out_path, KIND)
     model.load_state_dict(payload["model"])
     report = evaluate(model, pairs, views, view_index, split_rows[report_split], device, names)
     metrics = {
@@ -226,12 +248,14 @@ def main() -> None:
         f"{report_split}_transition_accuracy": report["transition_accuracy"],
         f"{report_split}_position_accuracy": report["position_accuracy"],
         f"{select_split}_best_transition_accuracy": best["accuracy"],
-        "action_only_table_accuracy": majority_baseline(pairs, train_rows, split_rows[report_split]),
+        "action_only_table_accuracy": majority_baseline(pairs, split_rows["train"], split_rows[report_split]),
         "best_epoch": best["epoch"],
         "train_steps": steps,
         "num_codes": config["num_codes"], "code_positions": config["code_positions"],
         "context_frames": config["context_frames"], "frames_used": model.frames_used,
         "pairs": {s: int(len(r)) for s, r in split_rows.items()},
+        "latent_codes_used": int(len(pairs["codes"].unique())),
+        "step_latency_ms": step_latency_ms(model),
         "report": report,
     }
     fields = {key: value for key, value in payload.items() if key not in ("kind", "format")}
@@ -247,6 +271,11 @@ def print_report(metrics: dict, names: list[str]) -> None:
     print(f"  per-transition accuracy {100 * report['transition_accuracy']:.2f}%, "
           f"per-position accuracy {100 * report['position_accuracy']:.2f}% "
           f"(best action-only lookup table: {100 * metrics['action_only_table_accuracy']:.2f}%)")
+    if metrics["latent_codes_used"] <= 1:
+        print("  warning: the pairs use a single latent code (collapsed latent model): this accuracy is trivial "
+              "and says nothing about control; re-train 03_train_latent_action.py")
+    print(f"  one play step in the map: p50 {metrics['step_latency_ms']['p50']} ms, "
+          f"p95 {metrics['step_latency_ms']['p95']} ms (CPU, {torch.get_num_threads()} thread(s))")
     for name, row in report["per_action"].items():
         worst = sorted(((n, t, p) for t, preds in row["confusion_true_to_predicted"].items()
                         for p, n in preds.items() if p != t), reverse=True)[:3]

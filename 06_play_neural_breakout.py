@@ -21,18 +21,22 @@ from pathlib import Path
 from typing import Callable
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads made a
+# 2-thread step 6x slower (165 ms vs 28 ms p50, bench/bench_play.py). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import cv2
 import imageio.v2 as imageio
 import numpy as np
 import pygame
+import torch
 from PIL import Image
 from tqdm import tqdm
 
 from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int,
                         pick_device, positive_float, positive_int, run_main, set_threads)
 from common.control_eval import evaluate_control, measure_play_speed
-from common.dataset import actions_path, read_frames, read_level, require_dataset
+from common.dataset import actions_path, load_episodes, read_frames, read_level
 from common.io import atomic_write_bytes, atomic_write_json
 from common.recorder import make_env
 from common.world_model import ACTION_NAMES, NeuralBreakout
@@ -51,8 +55,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", default="data", help="recorded episodes (start frames) and outputs")
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint root (stages 03 and 05)")
     parser.add_argument("--device", default="cpu", help="cpu (default: fastest at batch 1 here), cuda, mps, auto")
-    parser.add_argument("--threads", type=non_negative_int, default=0,
-                        help="torch threads for the model (0 = one per core)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch threads for the model; 1 is fastest at batch 1 on a busy 2-core CPU (part5.md)")
     parser.add_argument("--seed", type=int, default=0, help="start-episode choice, random policy, sampling")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0,
                         help="latent sampling temperature: 0 = most likely latent (deterministic)")
@@ -82,8 +86,12 @@ def parse_args() -> argparse.Namespace:
 
 # ---------------------------------------------------------------- start frames from the recording
 def start_episodes(data_dir: str, k: int) -> tuple[list, str]:
-    """Test episodes long enough to start from (falling back to val, then train, when there are none)."""
-    episodes = require_dataset(data_dir)
+    """Test episodes long enough to start from (falling back to val, then train, when there are none).
+
+    The episode list is read without checking every PNG (that takes seconds on a large data set);
+    read_frames reports any frame it cannot read.
+    """
+    episodes = load_episodes(data_dir)
     for split in ("test", "val", "train"):
         chosen = [ep for ep in episodes if ep.split == split and ep.num_frames > k + 1]
         if chosen:
@@ -199,8 +207,8 @@ def write_videos(images: list[np.ndarray], gif_path: Path, fps: float) -> Path:
     return mp4_path
 
 
-def run_headless(args: argparse.Namespace, game: NeuralBreakout, episodes: list, rng: np.random.Generator) -> None:
-    policy = make_policy(args.policy, args.seed)
+def run_headless(args: argparse.Namespace, game: NeuralBreakout, episodes: list, rng: np.random.Generator,
+                 policy: Callable[[int], int]) -> None:
     episode, t0, start = pick_start(episodes, game.context_frames, rng, args.random_start)
     game.reset(start)
     real = RealBreakout(args.data_dir) if args.compare else None
@@ -276,7 +284,8 @@ def run_window(args: argparse.Namespace, game: NeuralBreakout, episodes: list, r
             screen.blit(pygame.transform.scale(surface, (width, height)), (i * width, 0))
         screen.fill((0, 0, 0), (0, height, width * panels, hud))
         status = (f"step {step}  action {ACTION_NAMES[action]}  T={args.temperature:g}  "
-                  f"{clock.get_fps():4.1f} fps  model {model_ms:4.1f} ms" + ("  PAUSED" if paused else ""))
+                  f"{clock.get_fps():4.1f} fps  model {model_ms:4.1f} ms" + ("  PAUSED" if paused else "")
+                  + ("   | left: neural, right: real" if real else ""))
         screen.blit(font.render(status, True, (255, 255, 255)), (6, height + 6))
         pygame.display.flip()
         clock.tick(args.fps)
@@ -287,16 +296,30 @@ def run_window(args: argparse.Namespace, game: NeuralBreakout, episodes: list, r
 
 
 # ---------------------------------------------------------------- evaluation
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{share:.1%}"
+
+
 def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list, split: str,
                  rng: np.random.Generator) -> None:
-    control = evaluate_control(game, episodes, control_steps=args.control_steps, drift_steps=args.drift_steps,
-                               max_windows=args.max_windows)
+    try:
+        control = evaluate_control(game, episodes, control_steps=args.control_steps,
+                                   drift_steps=args.drift_steps, max_windows=args.max_windows)
+    except ValueError as err:
+        raise UserError(f"{err}: record longer episodes with 02_record_videos.py or lower --drift-steps") from None
     _, _, start = pick_start(episodes, game.context_frames, rng, random_start=False)
-    speed = measure_play_speed(game, start, steps=args.speed_steps, seed=args.seed)
+    speeds = {}
+    for threads in sorted({1, os.cpu_count() or 1, args.threads}):
+        torch.set_num_threads(threads)
+        speeds[f"threads_{threads}"] = measure_play_speed(game, start, steps=args.speed_steps, seed=args.seed)
+    torch.set_num_threads(args.threads)
+    speed = speeds[f"threads_{args.threads}"]
     ours, still = control["action_to_latent"], control["copy_last_frame"]
     metrics = {  # top-level scalars are the headline (run_pipeline prints them); details below
         "paddle_within_3px": ours["paddle_within_3px"],
         "ball_within_4px": ours["ball_within_4px"],
+        "paddle_within_3px_when_real_paddle_moved": ours["paddle_within_3px_when_real_paddle_moved"],
+        "ball_within_4px_when_real_ball_visible": ours["ball_within_4px_when_real_ball_visible"],
         "copy_last_frame_paddle_within_3px": still["paddle_within_3px"],
         "copy_last_frame_ball_within_4px": still["ball_within_4px"],
         "psnr_db_step_1": ours["psnr_db_by_step"][0],
@@ -304,8 +327,11 @@ def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list,
         "play_latency_ms_p50": speed["latency_ms_p50"],
         "play_latency_ms_p95": speed["latency_ms_p95"],
         "play_fps": speed["fps"],
+        "play_cpu_ms_per_step": speed["cpu_ms_per_step_p50"],
+        "play_load_average": speed["load_average_1min"],
         "split": split,
-        "details": {**control, "speed": speed, "preset": args.preset},
+        "play_threads": args.threads,
+        "details": {**control, "speed_by_threads": speeds, "preset": args.preset},
     }
     if "inferred_latents" in control:
         metrics["inferred_latents_paddle_within_3px"] = control["inferred_latents"]["paddle_within_3px"]
@@ -316,21 +342,24 @@ def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list,
           f"paddle within 3 px {ours['paddle_within_3px']:.1%} (goal 95%; copy-last-frame "
           f"{still['paddle_within_3px']:.1%}), ball within 4 px {ours['ball_within_4px']:.1%} (goal 80%; "
           f"copy-last-frame {still['ball_within_4px']:.1%})")
+    print(f"on the steps where the real paddle had moved > 3 px from its start ({control['real_paddle_moved_share']:.0%}): "
+          f"paddle {_percent(ours['paddle_within_3px_when_real_paddle_moved'])}; where the real ball is visible "
+          f"({control['real_ball_visible_share']:.0%}): ball {_percent(ours['ball_within_4px_when_real_ball_visible'])}")
     print(f"PSNR step 1 {ours['psnr_db_by_step'][0]:.2f} dB, step {len(ours['psnr_db_by_step'])} "
           f"{ours['psnr_db_by_step'][-1]:.2f} dB")
-    print(f"play: p50 {speed['latency_ms_p50']:.1f} ms, p95 {speed['latency_ms_p95']:.1f} ms, "
-          f"{speed['fps']:.0f} fps ({speed['torch_threads']} threads)")
+    for name, measured in speeds.items():
+        print(f"play ({name.replace('_', ' ')}): p50 {measured['latency_ms_p50']:.1f} ms, "
+              f"p95 {measured['latency_ms_p95']:.1f} ms, {measured['fps']:.0f} fps; CPU time per step "
+              f"{measured['cpu_ms_per_step_p50']:.1f} ms (load average {measured['load_average_1min']:.1f})")
     print(f"wrote {path}")
 
 
 def main() -> None:
     args = parse_args()
     set_threads(args.threads)
-    modes = sum([args.headless, args.evaluate])
-    if modes > 1:
+    if args.headless and args.evaluate:
         raise UserError("choose one of --headless and --evaluate")
-    if args.headless or args.evaluate:
-        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    policy = make_policy(args.policy, args.seed) if args.headless else None
     game = NeuralBreakout.load(args.checkpoint_dir, device=str(pick_device(args.device)), seed=args.seed)
     episodes, split = start_episodes(args.data_dir, game.context_frames)
     if split != "test":
@@ -339,7 +368,7 @@ def main() -> None:
     if args.evaluate:
         run_evaluate(args, game, episodes, split, rng)
     elif args.headless:
-        run_headless(args, game, episodes, rng)
+        run_headless(args, game, episodes, rng, policy)
     else:
         run_window(args, game, episodes, rng)
 

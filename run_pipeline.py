@@ -18,14 +18,15 @@ from common.io import atomic_write_json
 ROOT = Path(__file__).resolve().parent
 
 
-def stage_commands(preset: str, data_dir: str, ckpt_dir: str) -> list[tuple[str, list[str]]]:
+def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str) -> list[tuple[str, list[str]]]:
     """(name, argv) for each stage; 06 runs headless: an evaluation and the random-player GIF."""
     dirs = ["--data-dir", data_dir, "--checkpoint-dir", ckpt_dir]
     with_preset = ["--preset", preset, *dirs]
     return [
-        ("01 train DQN", ["01_train_dqn.py", *with_preset]),
+        ("01 train DQN", ["01_train_dqn.py", *with_preset, "--log-dir", log_dir]),
         ("02 record videos", ["02_record_videos.py", *with_preset]),
-        ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset]),
+        ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset,
+                                                   "--log-dir", str(Path(log_dir) / "latent_action")]),
         ("04 collect action-latent pairs", ["04_collect_action_latent_pairs.py", *dirs]),
         ("05 train action->latent", ["05_train_action_to_latent.py", *with_preset]),
         ("06 evaluate control", ["06_play_neural_breakout.py", "--evaluate", *with_preset]),
@@ -41,11 +42,29 @@ def _load(path: Path) -> dict:
         return {}
 
 
+def agent_summary(dqn_dir: Path) -> dict:
+    """Skill levels reached and the best evaluation row of 01's eval_log.csv."""
+    import csv
+
+    levels = sorted(int(p.stem.rsplit("_", 1)[1]) for p in dqn_dir.glob("skill_level_*.pt"))
+    summary: dict = {"skill_levels": levels}
+    try:
+        with open(dqn_dir / "eval_log.csv") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return summary
+    if rows:
+        best = max(rows, key=lambda row: float(row["eval_mean"]))
+        summary.update(best_eval_mean=float(best["eval_mean"]), best_eval_step=int(best["step"]),
+                       last_eval_mean=float(rows[-1]["eval_mean"]), evaluations=len(rows))
+    return summary
+
+
 def summarize(data_dir: Path, ckpt_dir: Path, timings: dict[str, float]) -> dict:
     """Collect the measures every stage wrote into one dict (DESIGN.md, 'Measures')."""
     return {
         "stage_seconds": timings,
-        "agent": _load(ckpt_dir / "dqn" / "summary.json"),
+        "agent": agent_summary(ckpt_dir / "dqn"),
         "recording": _load(data_dir / "actions" / "summary.json"),
         "world_model": _load(ckpt_dir / "latent_action" / "metrics.json"),
         "action_to_latent": _load(ckpt_dir / "latent_action" / "action_to_latent_metrics.json"),
@@ -58,6 +77,7 @@ def main() -> None:
     add_preset_arg(parser)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--checkpoint-dir", default="checkpoints")
+    parser.add_argument("--log-dir", default="runs", help="TensorBoard and CSV training logs")
     parser.add_argument("--from-stage", type=int, default=1, choices=range(1, 7),
                         help="skip the stages before this one (their outputs must exist)")
     args = parser.parse_args()
@@ -65,7 +85,7 @@ def main() -> None:
     data_dir, ckpt_dir = Path(args.data_dir), Path(args.checkpoint_dir)
 
     timings: dict[str, float] = {}
-    for name, argv in stage_commands(preset, args.data_dir, args.checkpoint_dir):
+    for name, argv in stage_commands(preset, args.data_dir, args.checkpoint_dir, args.log_dir):
         if int(name[:2]) < args.from_stage:
             continue
         print(f"\n=== {name} ({preset}) ===", flush=True)

@@ -12,6 +12,7 @@ with and without overlapping the emulator with the updates, and at the quick pre
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -96,12 +97,8 @@ def bench_loop(script, flags: list[str], steps: int, threads: int, tmp: str) -> 
             actions = trainer.act(obs, 0.1, random_only=False)
             credit += a.num_envs * a.updates_per_step
             n, credit = int(credit), credit - int(credit)
-
-            def updates(n=n):
-                for _ in range(n):
-                    trainer.learn()
-
-            obs, lives = trainer.env_step(env, actions, lives, overlap=updates if n else None)
+            overlap = functools.partial(trainer.learn_many, n) if n else None
+            obs, lives = trainer.env_step(env, actions, lives, overlap=overlap)
             done += a.num_envs
     finally:
         env.close()

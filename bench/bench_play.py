@@ -1,7 +1,9 @@
 """Benchmark: how fast does the neural game step at batch 1 on this CPU, and where does the time go?
 
 Times NeuralBreakout.step (what the window calls) with 1 and 2 torch threads, with and without
-channels-last weights, and splits one step into its parts (action->latent, world model, the rest).
+channels-last world-model weights (NeuralBreakout uses channels-last), and splits one step into its
+parts (action->latent, world model). Wall-clock times on a shared machine include waiting for a core;
+the process CPU time per step does not.
 torch.compile was tried on the decoder (inductor, 1 thread): ~2 minutes to compile for no gain, so
 it is not used.
 
@@ -10,12 +12,15 @@ it is not used.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as 06 does; run with OMP_WAIT_POLICY=ACTIVE to compare
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -58,29 +63,24 @@ def main() -> None:
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for channels_last in (False, True):
-            if channels_last:
-                game.latent_model.to(memory_format=torch.channels_last)
-                game.action_model.to(memory_format=torch.channels_last)
-            else:
-                game.latent_model.to(memory_format=torch.contiguous_format)
-                game.action_model.to(memory_format=torch.contiguous_format)
+            game.latent_model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
             speed = measure_play_speed(game, frames, steps=args.steps)
             print(f"threads={threads} channels_last={channels_last!s:<5}  p50 {speed['latency_ms_p50']:6.2f} ms  "
-                  f"p95 {speed['latency_ms_p95']:6.2f} ms  {speed['fps']:6.1f} fps")
-    torch.set_num_threads(2)
-    game.latent_model.to(memory_format=torch.contiguous_format)
-    game.action_model.to(memory_format=torch.contiguous_format)
+                  f"p95 {speed['latency_ms_p95']:6.2f} ms  {speed['fps']:6.1f} fps  "
+                  f"CPU {speed['cpu_ms_per_step_p50']:5.2f} ms/step  (load average {speed['load_average_1min']:.1f})")
+    torch.set_num_threads(1)
+    game.latent_model.to(memory_format=torch.channels_last)  # what NeuralBreakout uses
 
     game.reset(frames)
     past, action = game.frames, torch.tensor([2])
     codes = game.latents(past, action)
     parts = {
         "action->latent": timed(lambda: game.latents(past, action), args.steps),
-        "world model predict": timed(lambda: game.predict(past, codes), args.steps),
+        "world model, RGB in": timed(lambda: game.predict(past, codes), args.steps),
         "whole step": timed(lambda: game.step(2), args.steps),
     }
     for name, ms in parts.items():
-        print(f"{name:<20s} {ms:6.2f} ms (median)")
+        print(f"{name:<20s} {ms:6.2f} ms (median, 1 thread)")
 
 
 if __name__ == "__main__":

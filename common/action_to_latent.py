@@ -113,9 +113,13 @@ class ActionToLatent(nn.Module):
         return frame_view(past[:, past.shape[1] - self.frames_used:])
 
     def logits(self, actions: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
-        """actions (B,) int64; past (B, k, 210, 160, 3) uint8 or None -> (B, code_positions, num_codes)."""
-        views = self.views_from_past(past) if self.uses_frames else None
-        return self.features_from_views(actions.long(), views)
+        """actions (B,) int64; past (B, k, 210, 160, 3) uint8 (tensor or numpy) or None
+        -> (B, code_positions, num_codes). Only the newest frames_used frames of past are read."""
+        device = self.action_embed.weight.device
+        views = None
+        if self.uses_frames:
+            views = self.views_from_past(None if past is None else torch.as_tensor(past)).to(device)
+        return self.features_from_views(torch.as_tensor(actions, device=device).long(), views)
 
     def forward(self, actions: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
         return self.logits(actions, past)
@@ -135,9 +139,13 @@ class ActionToLatent(nn.Module):
 def load_action_to_latent(checkpoint_root: str | Path = "checkpoints", device: str | torch.device = "cpu"
                           ) -> ActionToLatent:
     """The best action->latent map saved by Stage 5, in eval mode; a missing file names 05."""
-    payload = load_checkpoint(checkpoint_path(checkpoint_root), KIND, STAGE_HINT)
-    model = ActionToLatent(payload["config"])
-    model.load_state_dict(payload["model"])
+    path = checkpoint_path(checkpoint_root)
+    payload = load_checkpoint(path, KIND, STAGE_HINT)
+    try:
+        model = ActionToLatent(payload["config"])
+        model.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise UserError(f"{path} does not match this code ({type(err).__name__}): re-run {STAGE_HINT}") from None
     model.metrics = payload.get("metrics", {})
     return model.to(device).eval()
 

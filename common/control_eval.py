@@ -14,12 +14,15 @@ Beside them, to read the numbers honestly:
   repeated): a paddle score near it means the model does not follow the keys;
 - `inferred_latents`: the same rollouts with the latents the Stage 3 encoder infers from the real
   frames: the world model's own limit, without the action->latent map;
-- the share of steps where the real ball is visible, and the ball match on those steps only.
+- the share of steps where the real ball is visible, and the ball match on those steps only;
+- the share of steps where the real paddle is more than 3 px from where it started, and the paddle
+  match on those steps only: there the model must have moved the paddle as the actions said.
 
 Play speed: latency of NeuralBreakout.step at batch 1 (p50 / p95) and frames per second.
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 from typing import Any, Callable, Sequence
@@ -98,14 +101,19 @@ def _score(generated: np.ndarray, real: np.ndarray, control_steps: int) -> dict[
     return {"paddle": paddle, "ball": ball, "psnr": quality}
 
 
-def _summary(scores: list[dict[str, np.ndarray]], ball_visible: np.ndarray) -> dict[str, Any]:
+def _share(matches: np.ndarray, where: np.ndarray) -> float | None:
+    return float(matches[where].mean()) if where.any() else None
+
+
+def _summary(scores: list[dict[str, np.ndarray]], ball_visible: np.ndarray, paddle_moved: np.ndarray) -> dict[str, Any]:
     paddle = np.concatenate([s["paddle"] for s in scores])
     ball = np.concatenate([s["ball"] for s in scores])
     quality = np.concatenate([s["psnr"] for s in scores])
     return {
         "paddle_within_3px": float(paddle.mean()),
         "ball_within_4px": float(ball.mean()),
-        "ball_within_4px_when_real_ball_visible": float(ball[ball_visible].mean()) if ball_visible.any() else None,
+        "paddle_within_3px_when_real_paddle_moved": _share(paddle, paddle_moved),
+        "ball_within_4px_when_real_ball_visible": _share(ball, ball_visible),
         "paddle_within_3px_by_step": paddle.mean(0).round(4).tolist(),
         "ball_within_4px_by_step": ball.mean(0).round(4).tolist(),
         "psnr_db_by_step": quality.mean(0).round(3).tolist(),
@@ -148,6 +156,7 @@ def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30
             results["inferred_latents"].append(_score(_rollout(inferred_step, past, horizon), real, control_steps))
 
     visible = np.concatenate(ball_visible)
+    moved = ~np.concatenate([s["paddle"] for s in results["copy_last_frame"]])  # > 3 px from its start position
     metrics: dict[str, Any] = {
         "windows": len(windows),
         "episodes": len({id(ep) for ep, _ in windows}),
@@ -155,12 +164,13 @@ def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30
         "drift_steps": horizon,
         "temperature": 0.0,
         "real_ball_visible_share": float(visible.mean()),
+        "real_paddle_moved_share": float(moved.mean()),
         "rules": "paddle: |x_pred - x_real| <= 3 px; ball: Euclidean distance <= 4 px; found in neither frame "
                  "= match, found in one only = miss; PSNR capped at 60 dB; windows do not overlap",
     }
     for name, scores in results.items():
         if scores:
-            metrics[name] = _summary(scores, visible)
+            metrics[name] = _summary(scores, visible, moved)
     levels = np.array([getattr(ep, "level", 0) for ep, _ in windows])
     paddle = np.concatenate([s["paddle"] for s in results["action_to_latent"]])
     ball = np.concatenate([s["ball"] for s in results["action_to_latent"]])
@@ -174,24 +184,32 @@ def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30
 
 def measure_play_speed(game: Any, start_frames: np.ndarray, steps: int = 200, warmup: int = 10,
                        seed: int = 0) -> dict[str, Any]:
-    """Latency of game.step at batch 1 with random actions (temperature 0), after `warmup` steps."""
+    """Latency of game.step at batch 1 with random actions (temperature 0), after `warmup` steps.
+
+    Wall-clock latency is what a player gets on this machine as it is; on a shared, busy machine it
+    includes waiting for a core. The process CPU time per step (all threads together) does not, so
+    with one thread it is what the step costs on an idle core.
+    """
     rng = np.random.default_rng(seed)
     game.reset(start_frames)
     for _ in range(warmup):
         game.step(int(rng.integers(4)))
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
         action = int(rng.integers(4))
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), time.process_time()
         game.step(action)
-        times.append(time.perf_counter() - begin)
-    ms = np.array(times) * 1000.0
+        wall.append(time.perf_counter() - begin)
+        cpu.append(time.process_time() - begin_cpu)
+    ms, cpu_ms = np.array(wall) * 1000.0, np.array(cpu) * 1000.0
     return {
         "steps": steps,
         "latency_ms_p50": float(np.percentile(ms, 50)),
         "latency_ms_p95": float(np.percentile(ms, 95)),
         "latency_ms_mean": float(ms.mean()),
         "fps": float(1000.0 / ms.mean()),
+        "cpu_ms_per_step_p50": float(np.percentile(cpu_ms, 50)),
         "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
+        "load_average_1min": float(os.getloadavg()[0]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
     }

@@ -19,7 +19,6 @@ from common.io import atomic_write_json
 CACHE_FORMAT = 1
 MAX_COLOURS = 16
 FRAME_H, FRAME_W = 210, 160
-WEIGHTS = np.array([65536, 256, 1], dtype=np.int64)
 
 
 @dataclass
@@ -51,24 +50,32 @@ def cache_paths(data_dir: str | Path) -> tuple[Path, Path]:
     return folder / "latent_frames.npy", folder / "latent_frames.json"
 
 
-def rgb_to_classes(frames: np.ndarray, palette: list[tuple[int, int, int]]) -> tuple[np.ndarray, list]:
-    """(T,H,W,3) uint8 -> (T,H,W) uint8 classes; new colours join the palette (up to MAX_COLOURS),
-    beyond that a colour maps to its nearest palette entry. Returns the classes and the palette."""
-    keys = frames.astype(np.int64) @ WEIGHTS
-    unique, inverse = np.unique(keys, return_inverse=True)
-    known = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(palette)}
-    lookup = np.empty(len(unique), dtype=np.uint8)
-    palette = list(palette)
-    for j, key in enumerate(unique.tolist()):
-        if key not in known and len(palette) < MAX_COLOURS:
-            known[key] = len(palette)
-            palette.append((key >> 16, (key >> 8) & 255, key & 255))
-        if key in known:
-            lookup[j] = known[key]
-        else:
-            rgb = np.array([key >> 16, (key >> 8) & 255, key & 255])
-            lookup[j] = int(np.argmin(((np.array(palette) - rgb) ** 2).sum(1)))
-    return lookup[inverse.reshape(keys.shape)], palette
+class ColourClassifier:
+    """RGB -> colour class through a 256^3 lookup table; new colours join the palette (up to MAX_COLOURS),
+    beyond that a colour maps to its nearest palette entry."""
+
+    UNSEEN = 255
+
+    def __init__(self):
+        self.palette: list[tuple[int, int, int]] = []
+        self.lut = np.full((256, 256, 256), self.UNSEEN, dtype=np.uint8)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(..., 3) uint8 RGB -> (...) uint8 classes."""
+        classes = self.lut[frames[..., 0], frames[..., 1], frames[..., 2]]
+        unseen = classes == self.UNSEEN
+        if unseen.any():
+            pixels = frames[unseen].astype(np.int64)
+            for key in np.unique((pixels[:, 0] << 16) | (pixels[:, 1] << 8) | pixels[:, 2]).tolist():
+                r, g, b = key >> 16, (key >> 8) & 255, key & 255
+                if len(self.palette) < MAX_COLOURS:
+                    self.palette.append((r, g, b))
+                    self.lut[r, g, b] = len(self.palette) - 1
+                else:
+                    nearest = ((np.array(self.palette) - np.array([r, g, b])) ** 2).sum(1).argmin()
+                    self.lut[r, g, b] = nearest
+            classes = self.lut[frames[..., 0], frames[..., 1], frames[..., 2]]
+        return classes
 
 
 def load_frame_cache(data_dir: str | Path, rebuild: bool = False) -> FrameCache:
@@ -103,14 +110,13 @@ def _build(data_dir: str | Path, episodes: list[Episode], fingerprint: str, arra
     array_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = array_path.with_suffix(".tmp.npy")
     frames = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, FRAME_H, FRAME_W))
-    palette: list[tuple[int, int, int]] = []
+    classify = ColourClassifier()
     records, start = [], 0
     with tqdm(total=total, desc="frame cache", unit="frame", leave=False) as bar:
         for episode in episodes:
             for chunk in range(0, episode.num_frames, 256):
                 stop = min(chunk + 256, episode.num_frames)
-                classes, palette = rgb_to_classes(read_frames(episode, chunk, stop), palette)
-                frames[start + chunk:start + stop] = classes
+                frames[start + chunk:start + stop] = classify(read_frames(episode, chunk, stop))
                 bar.update(stop - chunk)
             records.append({"level": episode.level, "index": episode.index, "split": episode.split,
                             "start": start, "num_frames": episode.num_frames})
@@ -119,6 +125,6 @@ def _build(data_dir: str | Path, episodes: list[Episode], fingerprint: str, arra
     del frames
     tmp.replace(array_path)
     meta = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "total_frames": total,
-            "palette": [list(c) for c in palette], "episodes": records}
+            "palette": [list(c) for c in classify.palette], "episodes": records}
     atomic_write_json(meta_path, meta)
     return _from_meta(meta, np.load(array_path, mmap_mode="r"), episodes)

@@ -54,28 +54,37 @@ def padded_size(size: int, multiple: int = 32) -> int:
 
 
 class Palette:
-    """RGB <-> colour-class conversion; colours outside the palette map to the nearest entry."""
+    """RGB <-> colour-class conversion through a 2^24-entry lookup table (built on first use); a colour
+    outside the palette maps to the nearest entry (and is remembered in the table)."""
+
+    UNKNOWN = 255
 
     def __init__(self, colours: list[tuple[int, int, int]] | list[list[int]]):
         self.rgb = torch.tensor(colours, dtype=torch.uint8)                           # (P, 3)
-        keys = (self.rgb.long() * torch.tensor([65536, 256, 1])).sum(-1)
-        self.sorted_keys, self.order = torch.sort(keys)
+        self.lut: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rgb)
 
+    @staticmethod
+    def _keys(rgb: torch.Tensor) -> torch.Tensor:
+        rgb = rgb.to(torch.int32)
+        return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
     def to_index(self, rgb: torch.Tensor) -> torch.Tensor:
         """(..., 3) uint8 RGB -> (...) uint8 class index."""
-        keys = (rgb.long() * torch.tensor([65536, 256, 1], device=rgb.device)).sum(-1)
-        sorted_keys, order = self.sorted_keys.to(rgb.device), self.order.to(rgb.device)
-        pos = torch.searchsorted(sorted_keys, keys).clamp_(max=len(sorted_keys) - 1)
-        index = order[pos]
-        exact = sorted_keys[pos] == keys
-        if not bool(exact.all()):
-            odd = ~exact
-            dist = (rgb[odd].float()[:, None, :] - self.rgb.to(rgb.device).float()[None]).square().sum(-1)
-            index[odd] = dist.argmin(-1)
-        return index.to(torch.uint8)
+        if self.lut is None:
+            self.lut = torch.full((1 << 24,), self.UNKNOWN, dtype=torch.uint8)
+            self.lut[self._keys(self.rgb).long()] = torch.arange(len(self.rgb), dtype=torch.uint8)
+        keys = self._keys(rgb.cpu()).long()
+        index = self.lut.index_select(0, keys.flatten()).view(keys.shape)
+        unknown = index == self.UNKNOWN
+        if bool(unknown.any()):
+            odd = keys[unknown].unique()
+            odd_rgb = torch.stack([odd >> 16, (odd >> 8) & 255, odd & 255], -1).float()
+            self.lut[odd] = (odd_rgb[:, None] - self.rgb.float()[None]).square().sum(-1).argmin(-1).to(torch.uint8)
+            index = self.lut.index_select(0, keys.flatten()).view(keys.shape)
+        return index.to(rgb.device)
 
     def to_rgb(self, index: torch.Tensor) -> torch.Tensor:
         """(...) class index -> (..., 3) uint8 RGB."""
@@ -86,7 +95,9 @@ class VectorQuantizer(nn.Module):
     """Codebook with EMA updates, straight-through gradient, commitment loss and dead-code restart.
 
     Vectors are compared on the unit sphere (cosine similarity): with a tiny codebook this keeps all
-    codes within reach of the encoder and makes restarts land where the encoder's outputs are.
+    codes within reach of the encoder. The codebook starts on encoder outputs spread by farthest-point
+    sampling, and a code that went unused since the last check restarts on the encoder output that its
+    nearest code explains worst, which is how a collapsed codebook splits again.
     """
 
     def __init__(self, num_codes: int, dim: int, decay: float = 0.9, commitment: float = 0.25):
@@ -95,15 +106,31 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("codebook", F.normalize(torch.randn(num_codes, dim), dim=-1))
         self.register_buffer("ema_count", torch.full((num_codes,), 1.0 / num_codes))
         self.register_buffer("ema_sum", self.codebook.clone() / num_codes)
-        self.register_buffer("usage", torch.full((num_codes,), 1.0 / num_codes))  # slow usage share per code
+        self.register_buffer("counts", torch.zeros(num_codes))          # uses since the last restart check
+        self.register_buffer("initialized", torch.tensor(False))
+        self.bypass = False   # training warm-up: pass the continuous vectors through (see start_quantizing)
 
-    def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        return (F.normalize(z, dim=-1) @ self.codebook.t()).argmax(-1)
+    @torch.no_grad()
+    def _spread(self, z: torch.Tensor, n: int) -> torch.Tensor:
+        """n rows of z picked by farthest-point sampling (cosine distance), for initial and restarted codes."""
+        picked = [int(torch.randint(len(z), (1,)))]
+        best = z @ z[picked[0]]
+        for _ in range(n - 1):
+            picked.append(int(best.argmin()))
+            best = torch.maximum(best, z @ z[picked[-1]])
+        return z[picked]
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z (N, dim) -> (quantized with straight-through gradient, codes (N,), commitment loss)."""
         z = F.normalize(z.float(), dim=-1)
+        if self.training and not bool(self.initialized) and len(z) >= self.num_codes:
+            with torch.no_grad():
+                self.codebook.copy_(self._spread(z.detach(), self.num_codes))
+                self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
+                self.initialized.fill_(True)
         codes = (z @ self.codebook.t()).argmax(-1)
+        if self.bypass:
+            return z, codes, z.new_zeros(())
         quantized = self.codebook[codes]
         if self.training:
             with torch.no_grad():
@@ -111,24 +138,50 @@ class VectorQuantizer(nn.Module):
                 self.ema_count.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
                 self.ema_sum.mul_(self.decay).add_(onehot.t() @ z, alpha=1 - self.decay)
                 self.codebook.copy_(F.normalize(self.ema_sum / self.ema_count.clamp(min=1e-5)[:, None], dim=-1))
-                self.usage.mul_(0.99).add_(onehot.mean(0), alpha=0.01)
+                self.counts.add_(onehot.sum(0))
         loss = self.commitment * F.mse_loss(z, quantized.detach())
         quantized = z + (quantized - z).detach()
         return quantized, codes, loss
 
     @torch.no_grad()
+    def start_quantizing(self, z: torch.Tensor, iterations: int = 20) -> None:
+        """End the warm-up: place the codebook by spherical k-means on recent encoder outputs z.
+
+        During the warm-up the decoder reads the encoder's continuous vector, so both learn what the
+        latent should carry before it is squeezed into a few codes; quantizing from random codes
+        instead leaves the decoder ignoring a meaningless code and the encoder without a signal.
+        """
+        z = F.normalize(z.float(), dim=-1)
+        centres = self._spread(z, self.num_codes)
+        for _ in range(iterations):
+            assign = (z @ centres.t()).argmax(-1)
+            sums = torch.zeros_like(centres).index_add_(0, assign, z)
+            used = torch.bincount(assign, minlength=self.num_codes) > 0
+            centres = torch.where(used[:, None], F.normalize(sums, dim=-1), centres)
+        self.codebook.copy_(centres)
+        counts = torch.bincount((z @ centres.t()).argmax(-1), minlength=self.num_codes).float() / len(z)
+        self.ema_count.copy_(counts.clamp(min=1e-3))
+        self.ema_sum.copy_(centres * self.ema_count[:, None])
+        self.initialized.fill_(True)
+        self.counts.zero_()
+        self.bypass = False
+
+    @torch.no_grad()
     def restart_dead_codes(self, z: torch.Tensor, threshold: float) -> int:
-        """Move codes whose usage share fell below `threshold` onto random recent encoder outputs."""
-        dead = (self.usage < threshold).nonzero().flatten()
-        if len(dead) == 0 or len(z) == 0:
+        """Codes used by fewer than `threshold` of the assignments since the last call move onto the
+        encoder outputs (z, recent) that the current codebook fits worst. Returns how many restarted."""
+        share = self.counts / self.counts.sum().clamp(min=1)
+        dead = (share < threshold).nonzero().flatten()
+        self.counts.zero_()
+        if len(dead) == 0 or len(z) < len(dead):
             return 0
         z = F.normalize(z.float(), dim=-1)
-        pick = z[torch.randint(len(z), (len(dead),), device=z.device)]
-        fresh = F.normalize(pick + 0.05 * torch.randn_like(pick), dim=-1)
+        fit = (z @ self.codebook.t()).max(-1).values
+        worst = z[fit.argsort()[:max(len(dead) * 4, len(dead))]]
+        fresh = self._spread(worst, len(dead))
         self.codebook[dead] = fresh
         self.ema_sum[dead] = fresh * self.ema_count.mean()
         self.ema_count[dead] = self.ema_count.mean()
-        self.usage[dead] = 1.0 / self.num_codes
         return len(dead)
 
 
@@ -156,11 +209,23 @@ class PatchEmbedding(nn.Module):
         self.patch, self.bits = patch, int(colours).bit_length()     # classes 0..colours (colours = padding)
         self.proj = nn.Conv2d(frames * patch * patch * self.bits, width, 1)
 
-    def forward(self, index: torch.Tensor) -> torch.Tensor:
-        """(B, T, H, W) uint8 classes -> (B, width, H/patch, W/patch) features (channels-last memory)."""
+    def cell_bits(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W) uint8 classes -> (B, h, w, bits, T, p*p) float bits, grouped per cell."""
+        B, T = index.shape[:2]
         cells = F.pixel_unshuffle(index, self.patch).permute(0, 2, 3, 1).contiguous()   # (B, h, w, T*p*p)
-        bits = torch.cat([(cells >> b) & 1 for b in range(self.bits)], -1).to(self.proj.weight.dtype)
-        return self.proj(bits.permute(0, 3, 1, 2))
+        bits = torch.stack([(cells >> b) & 1 for b in range(self.bits)], 3).to(self.proj.weight.dtype)
+        return bits.unflatten(-1, (T, self.patch ** 2))
+
+    def forward(self, index: torch.Tensor, differences: bool = False) -> torch.Tensor:
+        """(B, T, H, W) uint8 classes -> (B, width, H/patch, W/patch) features (channels-last memory).
+
+        differences=True feeds the changes between consecutive frames (bits of frame t+1 minus frame t)
+        instead of the frames: zero wherever nothing moves, so a small moving paddle stands out.
+        """
+        bits = self.cell_bits(index)
+        if differences:
+            bits = bits[..., 1:, :] - bits[..., :-1, :]
+        return self.proj(bits.flatten(3).permute(0, 3, 1, 2))
 
 
 class LatentActionModel(nn.Module):
@@ -193,14 +258,14 @@ class LatentActionModel(nn.Module):
                                    for i in range(levels - 1))
         self.ups = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 1) for i in range(levels - 1))
         self.up_blocks = nn.ModuleList(Block(w) for w in widths[:-1])
-        self.code_in = nn.ModuleList(nn.Linear(c["code_dim"], w) for w in widths)
+        self.code_in = nn.ModuleList(nn.Linear(c["code_dim"], 2 * w) for w in widths)  # FiLM: scale, shift
         self.head = nn.Linear(widths[0], self.patch ** 2 * P)
         self.copy_weight = nn.Parameter(torch.tensor(4.0)) if c["copy_bias"] else None
 
         # Latent action encoder: (past, next) at 1/8, down to the code grid or pooled to one code.
         e = int(c["encoder_width"])
         enc_patch = self.patch * 2
-        self.encoder_stem = PatchEmbedding(k + 1, enc_patch, P, e)
+        self.encoder_stem = PatchEmbedding(k, enc_patch, P, e)   # k differences of the k + 1 frames
         enc_layers: list[nn.Module] = [nn.SiLU(), Block(e)]
         size_h = padded_size(FRAME_H) // enc_patch
         while self.grid and size_h > self.grid[0] or not self.grid and size_h > 7:
@@ -230,7 +295,7 @@ class LatentActionModel(nn.Module):
 
     def encode_indices(self, past: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """past (B,k,H,W), nxt (B,H,W) indices -> (quantized (B, positions, dim), codes (B, positions), vq loss)."""
-        h = self.encoder(self.encoder_stem(self.pad(torch.cat([past, nxt[:, None]], 1))))
+        h = self.encoder(self.encoder_stem(self.pad(torch.cat([past, nxt[:, None]], 1)), differences=True))
         if self.grid:
             z = self.to_code(h.flatten(2).transpose(1, 2))                       # (B, positions, dim)
         else:
@@ -252,19 +317,28 @@ class LatentActionModel(nn.Module):
             if i < len(self.downs):
                 skips.append(h if self.config["skips"] else None)
                 h = F.silu(self.downs[i](h))
-        if self.grid:
-            cond = self.code_in[-1](code_vectors).transpose(1, 2).reshape(B, -1, *self.grid)
-        else:
-            cond = self.code_in[-1](code_vectors[:, 0])[:, :, None, None]
-        h = h + cond
+        h = self.condition(h, code_vectors, len(self.code_in) - 1)
         for i in reversed(range(len(self.ups))):
             h = F.interpolate(self.ups[i](h), scale_factor=2.0, mode="nearest")
             if skips[i] is not None:
                 h = h + skips[i]
             if not self.grid:
-                h = h + self.code_in[i](code_vectors[:, 0])[:, :, None, None]
+                h = self.condition(h, code_vectors, i)
             h = self.up_blocks[i](F.silu(h))
         return h.permute(0, 2, 3, 1)
+
+    def condition(self, h: torch.Tensor, code_vectors: torch.Tensor, level: int) -> torch.Tensor:
+        """FiLM: the code scales and shifts every channel (per grid cell in the seeds' grid mode).
+
+        Multiplicative conditioning lets one code switch the paddle features between moving left,
+        right or staying, which an additive bias alone learns much more slowly."""
+        B = h.shape[0]
+        if self.grid:
+            film = self.code_in[level](code_vectors).transpose(1, 2).reshape(B, -1, *self.grid)
+        else:
+            film = self.code_in[level](code_vectors[:, 0])[:, :, None, None]
+        scale, shift = film.chunk(2, dim=1)
+        return h * (1 + scale) + shift
 
     def cell_logits(self, features: torch.Tensor, last_cells: torch.Tensor) -> torch.Tensor:
         """Cell features (..., C) and the last frame's classes there (..., patch*patch) -> logits
@@ -317,8 +391,14 @@ class LatentActionModel(nn.Module):
     @torch.no_grad()
     def predict_indices(self, past: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """past (B,k,H,W) class indices, codes (B, positions) -> next frame class indices (B,H,W) uint8."""
-        cells = self.decode_logits(past, self.code_vectors(codes)).argmax(-1).to(torch.uint8)
-        return self.unfold_pixels(cells)
+        features = self.decode_features(past, self.code_vectors(codes))
+        logits = self.head(features).unflatten(-1, (self.patch ** 2, self.num_colours))
+        best, cells = logits.max(-1)
+        if self.copy_weight is not None:  # the copy bonus decides only where the last colour then wins
+            last = self.fold_pixels(self.pad(past[:, -1:])[:, 0]).clamp(max=self.num_colours - 1).long()
+            keep = logits.gather(-1, last[..., None])[..., 0] + self.copy_weight >= best
+            cells = torch.where(keep, last, cells)
+        return self.unfold_pixels(cells.to(torch.uint8))
 
     @torch.no_grad()
     def predict(self, past: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

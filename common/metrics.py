@@ -19,11 +19,12 @@ def psnr(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, max
     return value.clamp(max=max_psnr).numpy()
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-x.square() / (2 * sigma ** 2))
+def _gaussian_filter(x: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Valid-mode 11x11 Gaussian blur of (N, 1, H, W), done as two 1-D passes (11x cheaper)."""
+    t = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-t.square() / (2 * sigma ** 2))
     g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    return F.conv2d(F.conv2d(x, g.view(1, 1, size, 1)), g.view(1, 1, 1, size))
 
 
 def ssim(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -33,11 +34,10 @@ def ssim(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> 
     H, W = a.shape[-3:-1]
     a = a.reshape(-1, H, W, 3).permute(0, 3, 1, 2).reshape(-1, 1, H, W)
     b = b.reshape(-1, H, W, 3).permute(0, 3, 1, 2).reshape(-1, 1, H, W)
-    window = _gaussian_window()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_a, mu_b = F.conv2d(a, window), F.conv2d(b, window)
-    var_a = F.conv2d(a * a, window) - mu_a.square()
-    var_b = F.conv2d(b * b, window) - mu_b.square()
-    cov = F.conv2d(a * b, window) - mu_a * mu_b
+    mu_a, mu_b = _gaussian_filter(a), _gaussian_filter(b)
+    var_a = _gaussian_filter(a * a) - mu_a.square()
+    var_b = _gaussian_filter(b * b) - mu_b.square()
+    cov = _gaussian_filter(a * b) - mu_a * mu_b
     score = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a.square() + mu_b.square() + c1) * (var_a + var_b + c2))
     return score.flatten(1).mean(1).reshape(*lead, 3).mean(-1).numpy()

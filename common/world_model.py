@@ -2,9 +2,9 @@
 
 One step: the action->latent model (Stages 4-5) turns the player's action, and the recent frames
 when it uses them, into a latent action; the dynamics decoder of the latent action model (Stage 3)
-turns the past frames plus that latent into the next frame. The decoder returns uint8 pixels, so the
-generated frame is already a valid image when it is appended to the context: the game runs on its
-own output without blur piling up.
+turns the past frames plus that latent into the next frame. The decoder picks one palette colour
+per pixel, so a generated frame is a valid Breakout image when it is appended to the context: the
+game runs on its own output without blur piling up.
 
 The window, the headless GIF writer, the control measures, the tests and the benchmark all drive the
 model through this one object (DESIGN.md, stage 06).
@@ -54,11 +54,13 @@ class NeuralBreakout:
 
     Speed: the context is also kept as colour-class indices, the world model's own input, so a step
     converts no past frame back from RGB: the decoder gives the next frame's classes and one palette
-    lookup its pixels. The result is exactly the world model's predict() (tested).
+    lookup its pixels. The result is exactly the world model's predict() (tested). The world model's
+    weights are put in channels-last memory format, which its convolutions run faster in on this CPU.
     """
 
     def __init__(self, latent_model: Any, action_model: Any, seed: int = 0):
-        self.latent_model = latent_model
+        # channels-last conv weights: 12% less CPU per step here (13.8 vs 15.7 ms, interleaved A/B, 1 thread)
+        self.latent_model = latent_model.to(memory_format=torch.channels_last)
         self.action_model = action_model
         self.context_frames = int(latent_model.context_frames)  # how many real frames reset() needs
         self.palette = latent_model.palette.rgb.to(latent_model.vq.codebook.device)  # (colours, 3) uint8

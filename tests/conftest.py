@@ -47,3 +47,13 @@ def smoke_action_to_latent(smoke_data, smoke_latent, tmp_path_factory) -> Path:
     result = run_script("05_train_action_to_latent.py", "--preset", "smoke", *dirs)
     assert result.returncode == 0, result.stderr[-3000:]
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_latent(smoke_data, tmp_path_factory) -> Path:
+    """A checkpoint root holding latent_action/{best,latest}.pt and metrics.json from 03 --preset smoke."""
+    root = tmp_path_factory.mktemp("smoke_latent")
+    result = run_script("03_train_latent_action.py", "--preset", "smoke", "--data-dir", str(smoke_data),
+                        "--checkpoint-dir", str(root), "--log-dir", str(root / "runs"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root

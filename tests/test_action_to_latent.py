@@ -103,9 +103,6 @@ def test_missing_inputs_name_the_stage_to_run(tmp_path):
                         "--checkpoint-dir", str(tmp_path / "ckpt"))
     assert result.returncode == 2 and "04_collect_action_latent_pairs.py" in result.stderr
     assert "Traceback" not in result.stderr
-    result = run_script("04_collect_action_latent_pairs.py", "--data-dir", str(tmp_path / "data"),
-                        "--checkpoint-dir", str(tmp_path / "ckpt"))
-    assert result.returncode == 2 and "02_record_videos.py" in result.stderr
 
 
 def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
@@ -169,8 +166,8 @@ def test_05_learns_a_synthetic_deterministic_mapping_and_refuses_stale_pairs(smo
         pair["latent_code"] = [(3 * pair["action"] + 1) % 8, 7 - pair["action"]]
     pairs_path.write_text(json.dumps(doc))
     ckpt = tmp_path / "ckpt"
-    result = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--variant", "action", "--epochs", "40",
-                        "--lr", "0.01", "--data-dir", str(data), "--checkpoint-dir", str(ckpt))
+    result = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--variant", "action", "--epochs", "20",
+                        "--lr", "0.03", "--data-dir", str(data), "--checkpoint-dir", str(ckpt))
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((ckpt / "latent_action" / "action_to_latent_metrics.json").read_text())
     assert metrics["report_split"] == "test" and metrics["test_transition_accuracy"] == 1.0

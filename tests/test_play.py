@@ -36,17 +36,20 @@ def run_play(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def start_frames(smoke_data, smoke_action_to_latent):
+def game(smoke_action_to_latent):
+    return NeuralBreakout.load(smoke_action_to_latent, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def start_frames(smoke_data, game):
     from common.dataset import read_frames, require_dataset
 
-    k = NeuralBreakout.load(smoke_action_to_latent).context_frames
-    episode = next(ep for ep in require_dataset(smoke_data) if ep.num_frames > k + 10)
-    return read_frames(episode, 0, k)
+    episode = next(ep for ep in require_dataset(smoke_data) if ep.num_frames > game.context_frames + 10)
+    return read_frames(episode, 0, game.context_frames)
 
 
 # ---------------------------------------------------------------- the API contract
-def test_step_returns_frames_and_temperature_zero_is_deterministic(smoke_action_to_latent, start_frames):
-    game = NeuralBreakout.load(smoke_action_to_latent, device="cpu")
+def test_step_returns_frames_and_temperature_zero_is_deterministic(game, start_frames):
     assert game.context_frames == len(start_frames) >= 1
     actions = [1, 2, 2, 3, 0, 3]
     runs = []
@@ -60,8 +63,7 @@ def test_step_returns_frames_and_temperature_zero_is_deterministic(smoke_action_
     assert sampled.shape == (210, 160, 3) and sampled.dtype == np.uint8
 
 
-def test_steps_are_the_world_models_predictions_fed_back(smoke_action_to_latent, start_frames):
-    game = NeuralBreakout.load(smoke_action_to_latent)
+def test_steps_are_the_world_models_predictions_fed_back(game, start_frames):
     game.reset(start_frames)
     for action in (1, 2, 3):
         past = game.frames.clone()
@@ -73,7 +75,7 @@ def test_steps_are_the_world_models_predictions_fed_back(smoke_action_to_latent,
 
 
 def test_bad_inputs_raise_clear_errors(smoke_action_to_latent, start_frames):
-    game = NeuralBreakout.load(smoke_action_to_latent)
+    game = NeuralBreakout.load(smoke_action_to_latent)  # fresh: step() before any reset()
     with pytest.raises(RuntimeError, match="reset"):
         game.step(0)
     k = game.context_frames
@@ -211,6 +213,7 @@ def test_control_rollouts_align_actions_and_frames(monkeypatch):
     assert ours["paddle_within_3px"] == 1.0 and ours["ball_within_4px"] == 1.0
     assert ours["psnr_db_by_step"] == [ce.PSNR_CAP_DB] * 8
     assert still["paddle_within_3px"] == 0.0
+    assert metrics["real_paddle_moved_share"] == 1.0 and ours["paddle_within_3px_when_real_paddle_moved"] == 1.0
     assert len(ours["paddle_within_3px_by_step"]) == 5
 
 

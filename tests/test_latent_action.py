@@ -1,0 +1,167 @@
+"""Stage 3: the latent action model, its training script (03) and the frame cache."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from common.cli import UserError  # noqa: E402
+from common.frame_cache import cache_paths, load_frame_cache  # noqa: E402
+from common.latent_action import (BREAKOUT_PALETTE, LatentActionModel, VectorQuantizer,  # noqa: E402
+                                  load_latent_action_model)
+from conftest import run_script  # noqa: E402
+
+TINY = {"widths": [8, 8, 8, 8], "encoder_width": 8}
+
+
+def palette_frames(shape: tuple, seed: int = 0) -> torch.Tensor:
+    """Random frames drawn from Breakout's palette, uint8 RGB of shape (*shape, 210, 160, 3)."""
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(BREAKOUT_PALETTE), size=(*shape, 210, 160))
+    return torch.from_numpy(np.array(BREAKOUT_PALETTE, dtype=np.uint8)[index])
+
+
+def test_public_api_shapes_and_valid_pixels():
+    for config, positions in ((TINY, 1), ({**TINY, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128,
+                                            "context_frames": 1, "skips": False}, 35)):
+        model = LatentActionModel(config).eval()
+        k = model.context_frames
+        past, nxt = palette_frames((2, k)), palette_frames((2,), seed=1)
+        codes = model.encode(past, nxt)
+        assert codes.shape == (2, positions) and codes.dtype == torch.int64
+        assert model.code_positions == positions
+        assert 0 <= int(codes.min()) and int(codes.max()) < model.num_codes
+        frames = model.predict(past, codes)
+        assert frames.shape == (2, 210, 160, 3) and frames.dtype == torch.uint8
+        colours = {tuple(c) for c in frames.reshape(-1, 3).unique(dim=0).tolist()}
+        assert colours <= set(BREAKOUT_PALETTE)
+        # fed back as the newest past frame, a prediction is a valid input again
+        again = model.predict(torch.cat([past[:, 1:], frames[:, None]], 1), codes)
+        assert again.shape == frames.shape
+
+
+def test_copy_bias_makes_an_untrained_model_repeat_the_last_frame():
+    model = LatentActionModel({**TINY, "copy_bias": True}).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    past = palette_frames((1, model.context_frames))
+    out = model.predict(past, torch.zeros(1, 1, dtype=torch.long))
+    assert torch.equal(out, past[:, -1])
+
+
+def test_straight_through_gradient_reaches_encoder():
+    model = LatentActionModel(TINY).train()
+    past_rgb, nxt_rgb = palette_frames((4, model.context_frames)), palette_frames((4,), seed=2)
+    past, nxt = model.to_index(past_rgb), model.to_index(nxt_rgb)
+    model.encode_indices(past, nxt)                   # the first training pass places the codebook
+    codebook = model.vq.codebook.clone()              # (each pass then moves it by EMA)
+    quantized, codes, vq_loss = model.encode_indices(past, nxt)
+    # the decoder sees exactly the codebook rows ...
+    assert torch.allclose(quantized[:, 0], codebook[codes[:, 0]], atol=1e-5)
+    logits = model.decode_logits(past, quantized)
+    loss = F.cross_entropy(logits.reshape(-1, model.num_colours), model.folded_target(nxt).reshape(-1))
+    (loss + vq_loss).backward()
+    # ... and yet the reconstruction gradient reaches the encoder (straight-through)
+    for module in (model.encoder_stem, model.to_code):
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_dead_code_restart_revives_unused_codes():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(num_codes=8, dim=4, decay=0.9).train()
+    spread = F.normalize(torch.randn(256, 4), dim=-1)
+    vq(spread)                                       # codebook placed on spread-out vectors
+    one_direction = F.normalize(torch.tensor([[1.0, 0.2, 0.0, 0.0]]) + 0.01 * torch.randn(256, 4), dim=-1)
+    for _ in range(30):                               # collapse: every vector lands on one code
+        _, codes, _ = vq(one_direction)
+    assert len(codes.unique()) == 1
+    vq.counts.zero_()
+    vq(one_direction)
+    assert vq.restart_dead_codes(spread, threshold=0.01) == 7
+    _, codes, _ = vq(spread)
+    assert len(codes.unique()) >= 6
+
+
+def test_smoke_training_writes_checkpoints_and_metrics(smoke_latent):
+    folder = Path(smoke_latent) / "latent_action"
+    for name in ("best.pt", "latest.pt", "metrics.json", "samples.png", "codebook_usage.png", "rollout.gif"):
+        assert (folder / name).stat().st_size > 0, name
+    latest = torch.load(folder / "latest.pt", weights_only=True)
+    assert latest["kind"] == "latent_action" and latest["step"] > 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    one = metrics["one_step"]
+    assert np.isfinite([one["psnr"], one["ssim"], one["copy_last_psnr"], metrics["delta_psnr"]]).all()
+    assert len(metrics["psnr_by_step"]) >= 4 and metrics["codes"]["perplexity"] >= 1.0
+    model = load_latent_action_model(smoke_latent, which="best")
+    past = palette_frames((1, model.context_frames))
+    assert model.predict(past, model.encode(past, past[:, -1])).shape == (1, 210, 160, 3)
+
+
+def test_resume_continues_from_latest(smoke_data, smoke_latent, tmp_path):
+    root = tmp_path / "ck"
+    shutil.copytree(smoke_latent, root)
+    before = torch.load(root / "latent_action" / "latest.pt", weights_only=True)["step"]
+    result = run_script("03_train_latent_action.py", "--preset", "smoke", "--resume", "--data-dir", str(smoke_data),
+                        "--checkpoint-dir", str(root), "--log-dir", str(tmp_path / "runs"),
+                        "--time-budget", "5", "--max-steps", str(before + 3))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from step {before}" in result.stdout
+    assert torch.load(root / "latent_action" / "latest.pt", weights_only=True)["step"] == before + 3
+
+
+def test_frame_cache_is_reused_and_rebuilt_when_the_data_set_changes(smoke_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(smoke_data / "actions", data / "actions")
+    shutil.copytree(smoke_data / "raw_gameplay", data / "raw_gameplay")
+    first = load_frame_cache(data)
+    array_path, _ = cache_paths(data)
+    stamp = array_path.stat().st_mtime_ns
+    assert load_frame_cache(data).fingerprint == first.fingerprint and array_path.stat().st_mtime_ns == stamp
+    # classes round-trip to the recorded pixels
+    from common.dataset import load_episodes, read_frames
+    episode = load_episodes(data)[0]
+    rgb = np.array(first.palette, dtype=np.uint8)[np.asarray(first.episode_frames(first.episodes[0]))[:3]]
+    assert np.array_equal(rgb, read_frames(episode, 0, 3))
+    # drop the last episode from its level: a different data set, so the cache is rebuilt
+    path = next((data / "actions").glob("skill_level_*_actions.json"))
+    doc = json.loads(path.read_text())
+    dropped = doc["episodes"].pop()
+    path.write_text(json.dumps(doc))
+    shutil.rmtree(data / dropped["folder"])
+    second = load_frame_cache(data)
+    assert second.fingerprint != first.fingerprint
+    assert len(second.frames) == len(first.frames) - dropped["num_frames"]
+
+
+def test_missing_or_corrupt_data_set_is_a_clear_error(smoke_data, tmp_path):
+    result = run_script("03_train_latent_action.py", "--preset", "smoke", "--data-dir", str(tmp_path / "nothing"),
+                        "--checkpoint-dir", str(tmp_path / "ck"))
+    assert result.returncode == 2 and "02_record_videos.py" in result.stderr and "Traceback" not in result.stderr
+    data = tmp_path / "data"
+    shutil.copytree(smoke_data / "actions", data / "actions")
+    shutil.copytree(smoke_data / "raw_gameplay", data / "raw_gameplay")
+    victim = sorted((data / "raw_gameplay").rglob("frame_00003.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    result = run_script("03_train_latent_action.py", "--preset", "smoke", "--data-dir", str(data),
+                        "--checkpoint-dir", str(tmp_path / "ck"))
+    assert result.returncode == 2 and "02_record_videos.py" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_or_foreign_checkpoint_names_stage_3(tmp_path):
+    with pytest.raises(UserError, match="03_train_latent_action.py"):
+        load_latent_action_model(tmp_path)
+    (tmp_path / "latent_action").mkdir()
+    torch.save({"kind": "dqn", "format": 1}, tmp_path / "latent_action" / "best.pt")
+    with pytest.raises(UserError, match="latent_action"):
+        load_latent_action_model(tmp_path)
