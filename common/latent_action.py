@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -428,10 +427,3 @@ def load_latent_action_model(checkpoint_root: str | Path, device: str | torch.de
                         f"({type(err).__name__}): re-run {STAGE}") from None
     return model.to(device).eval()
 
-
-def palette_from_frames(frames: np.ndarray, max_colours: int = 16) -> list[tuple[int, int, int]]:
-    """The most frequent colours of some (..., 3) uint8 frames, most frequent first."""
-    keys = frames.reshape(-1, 3).astype(np.int64) @ np.array([65536, 256, 1])
-    values, counts = np.unique(keys, return_counts=True)
-    top = values[np.argsort(-counts)][:max_colours]
-    return [(int(v >> 16), int((v >> 8) & 255), int(v & 255)) for v in top]
