@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))
 from common.cli import UserError  # noqa: E402
 from common.frame_cache import cache_paths, load_frame_cache  # noqa: E402
 from common.latent_action import (BREAKOUT_PALETTE, LatentActionModel, VectorQuantizer,  # noqa: E402
-                                  load_latent_action_model)
+                                  fold_cells, load_latent_action_model)
 from conftest import run_script  # noqa: E402
 
 TINY = {"widths": [8, 8, 8, 8], "encoder_width": 8}
@@ -57,6 +57,18 @@ def test_copy_bias_makes_an_untrained_model_repeat_the_last_frame():
     past = palette_frames((1, model.context_frames))
     out = model.predict(past, torch.zeros(1, 1, dtype=torch.long))
     assert torch.equal(out, past[:, -1])
+
+
+def test_word_moves_fold_and_unfold_pixels_exactly():
+    """fold_cells moves cell rows as int32/int64 words; it must equal its pixel_unshuffle path, and
+    unfold_pixels must invert fold_pixels."""
+    index = torch.randint(0, 10, (2, 3, 224, 160), dtype=torch.uint8)
+    strided = index.transpose(-1, -2).contiguous().transpose(-1, -2)   # same values, not contiguous
+    for patch in (4, 8):
+        assert torch.equal(fold_cells(index, patch), fold_cells(strided, patch))
+    model = LatentActionModel(TINY)
+    frames = index[:, 0, 7:217]
+    assert torch.equal(model.unfold_pixels(model.fold_pixels(model.pad(frames[:, None])[:, 0])), frames)
 
 
 def test_straight_through_gradient_reaches_encoder():
