@@ -152,7 +152,11 @@ def evaluate_world_model(model, cache: FrameCache, out_dir: str | Path, episodes
     one_psnr, one_ssim, copy_psnr, copy_ssim, all_codes, all_actions = [], [], [], [], [], []
     by_step = [[] for _ in range(rollout_steps)]
     delta_inferred, delta_random = [], []
-    to_rgb = lambda x: model.palette.to_rgb(torch.from_numpy(np.ascontiguousarray(x))).numpy()  # noqa: E731
+
+    def to_rgb(classes: np.ndarray) -> np.ndarray:
+        # np.array copies: the cache is a read-only memmap, which torch cannot wrap.
+        return model.palette.to_rgb(torch.from_numpy(np.array(classes))).numpy()
+
     for n, episode in enumerate(test):
         frames = np.asarray(cache.episode_frames(episode))
         t = np.unique(np.linspace(0, episode.num_frames - 2, min(max_transitions, episode.num_frames - 1)).astype(int))
