@@ -33,18 +33,10 @@ from tqdm import tqdm
 
 from common.dataset import read_frames
 from common.detectors import ball_xy, paddle_x
+from common.metrics import psnr
 
 PADDLE_TOLERANCE_PX = 3.0
 BALL_TOLERANCE_PX = 4.0
-PSNR_CAP_DB = 60.0  # identical frames would be +inf; capping keeps means finite and comparable
-
-
-def psnr(pred: np.ndarray, real: np.ndarray) -> float:
-    """PSNR in dB of uint8 frames, capped at PSNR_CAP_DB."""
-    mse = float(np.mean((pred.astype(np.float32) - real.astype(np.float32)) ** 2))
-    if mse == 0.0:
-        return PSNR_CAP_DB
-    return min(PSNR_CAP_DB, 10.0 * np.log10(255.0 ** 2 / mse))
 
 
 def paddle_match(pred: np.ndarray, real: np.ndarray) -> bool:
@@ -97,7 +89,7 @@ def _score(generated: np.ndarray, real: np.ndarray, control_steps: int) -> dict[
         for s in range(control_steps):
             paddle[b, s] = paddle_match(generated[b, s], real[b, s])
             ball[b, s] = ball_match(generated[b, s], real[b, s])
-    quality = np.array([[psnr(generated[b, s], real[b, s]) for s in range(horizon)] for b in range(batch)])
+    quality = psnr(generated, real)  # (batch, horizon), identical frames capped at 60 dB
     return {"paddle": paddle, "ball": ball, "psnr": quality}
 
 

@@ -11,7 +11,11 @@ def _as_float(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
-def psnr(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, max_psnr: float = 60.0) -> np.ndarray:
+PSNR_CAP_DB = 60.0  # identical frames would be +inf; capping keeps means finite and comparable
+
+
+def psnr(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
+         max_psnr: float = PSNR_CAP_DB) -> np.ndarray:
     """Per-frame PSNR in dB of (..., H, W, 3) uint8 frames; identical frames score `max_psnr` (not inf)."""
     a, b = _as_float(pred), _as_float(target)
     mse = (a - b).square().flatten(-3).mean(-1)

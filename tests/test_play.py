@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from common.cli import UserError
+from common.metrics import PSNR_CAP_DB
 from common.world_model import NeuralBreakout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +212,7 @@ def test_control_rollouts_align_actions_and_frames(monkeypatch):
     assert metrics["windows"] == 6 and metrics["episodes"] == 2
     ours, still = metrics["action_to_latent"], metrics["copy_last_frame"]
     assert ours["paddle_within_3px"] == 1.0 and ours["ball_within_4px"] == 1.0
-    assert ours["psnr_db_by_step"] == [ce.PSNR_CAP_DB] * 8
+    assert ours["psnr_db_by_step"] == [PSNR_CAP_DB] * 8
     assert still["paddle_within_3px"] == 0.0
     assert metrics["real_paddle_moved_share"] == 1.0 and ours["paddle_within_3px_when_real_paddle_moved"] == 1.0
     assert len(ours["paddle_within_3px_by_step"]) == 5
