@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="data", help="Stage 02 output (raw_gameplay/, actions/)")
     p.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint root; writes latent_action/ under it")
-    p.add_argument("--log-dir", default=None, help="CSV + TensorBoard logs (default runs/latent_action)")
+    p.add_argument("--log-dir", default="runs", help="CSV + TensorBoard logs go to <log-dir>/latent_action")
     add_preset_arg(p)
     p.add_argument("--time-budget", type=positive_float, default=None, help="training minutes (wall clock)")
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many updates")
@@ -218,7 +218,7 @@ def main() -> None:
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     out_dir = checkpoint_dir(args.checkpoint_dir)
-    log_dir = Path(args.log_dir or "runs/latent_action")
+    log_dir = Path(args.log_dir) / "latent_action"
     cache = load_frame_cache(args.data_dir, rebuild=args.rebuild_cache)
     if args.eval_only:
         previous = out_dir / "metrics.json"

@@ -25,8 +25,7 @@ def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str) -> l
     return [
         ("01 train DQN", ["01_train_dqn.py", *with_preset, "--log-dir", log_dir]),
         ("02 record videos", ["02_record_videos.py", *with_preset]),
-        ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset,
-                                                   "--log-dir", str(Path(log_dir) / "latent_action")]),
+        ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset, "--log-dir", log_dir]),
         ("04 collect action-latent pairs", ["04_collect_action_latent_pairs.py", *dirs]),
         ("05 train action->latent", ["05_train_action_to_latent.py", *with_preset]),
         ("06 evaluate control", ["06_play_neural_breakout.py", "--evaluate", *with_preset]),
