@@ -27,7 +27,8 @@ from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_fl
                         positive_float, positive_int, probability, run_main, set_threads)
 from common.frame_cache import FrameCache, load_frame_cache
 from common.io import atomic_write_json, load_checkpoint, save_checkpoint
-from common.latent_action import CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionModel, checkpoint_dir
+from common.latent_action import (CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionModel, checkpoint_dir,
+                                   past_frame_rows)
 from common.wm_eval import action_code_table, evaluate_world_model
 
 PRESETS = {
@@ -143,8 +144,7 @@ class TransitionSampler:
         return len(self.t)
 
     def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        offsets = np.arange(-self.k + 1, 1)
-        past_rows = self.start[rows, None] + np.maximum(self.t[rows, None] + offsets, 0)
+        past_rows = self.start[rows, None] + past_frame_rows(self.t[rows], self.k)
         next_rows = self.start[rows] + self.t[rows] + 1
         past = torch.from_numpy(self.frames[past_rows.ravel()].reshape(len(rows), self.k, 210, 160))
         nxt = torch.from_numpy(self.frames[next_rows])

@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.cli import UserError
 from common.io import load_checkpoint
+from common.latent_action import past_frame_rows
 
 KIND = "action_to_latent"
 STAGE_HINT = "05_train_action_to_latent.py"
@@ -33,7 +35,7 @@ def checkpoint_path(checkpoint_root: str | Path) -> Path:
 
 def past_frame_indices(transition: int, context_frames: int) -> list[int]:
     """Frames seen before transition i (frame i -> i+1): i-k+1 .. i, repeating frame 0 at the start."""
-    return [max(0, j) for j in range(transition - context_frames + 1, transition + 1)]
+    return past_frame_rows(np.array([transition]), context_frames)[0].tolist()
 
 
 PADDLE_ROWS = slice(189, 195)  # Breakout's paddle; every colour but the black background has red >= 66

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,6 +47,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "commitment": 0.25,         # VQ commitment weight
     "palette": BREAKOUT_PALETTE,
 }
+
+
+def past_frame_rows(t: np.ndarray, k: int) -> np.ndarray:
+    """(len(t), k) frame indices seen before transitions t (frame t -> t+1), oldest first.
+
+    Frames before the episode's first repeat frame 0: the one padding rule stages 3-6 share.
+    """
+    return np.maximum(np.asarray(t)[:, None] + np.arange(-k + 1, 1), 0)
 
 
 def padded_size(size: int, multiple: int = 32) -> int:

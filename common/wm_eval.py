@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from common.frame_cache import FrameCache
+from common.latent_action import past_frame_rows
 from common.metrics import psnr, ssim
 
 ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")
@@ -47,8 +48,7 @@ def _perplexity(counts: np.ndarray) -> float:
 
 def _windows(frames: np.ndarray, k: int, t: np.ndarray) -> np.ndarray:
     """(len(t), k, H, W) past windows ending at frame t, repeating frame 0 before the start."""
-    rows = np.maximum(t[:, None] + np.arange(-k + 1, 1), 0)
-    return frames[rows]
+    return frames[past_frame_rows(t, k)]
 
 
 @torch.no_grad()
