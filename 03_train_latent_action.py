@@ -60,13 +60,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--num-codes", type=positive_int, default=None, help="codebook size (default 8)")
     p.add_argument("--code-dim", type=positive_int, default=None, help="codebook vector size (default 16)")
     p.add_argument("--code-grid", default=None, help="ROWSxCOLS grid of codes instead of one (seeds: 7x5)")
+    p.add_argument("--patch", type=int, choices=(4, 8), default=None,
+                   help="pixels per side of the decoder's finest cell (default %d)" % DEFAULT_CONFIG["patch"])
     p.add_argument("--widths", default=None, help="decoder channels per level, comma-separated")
     p.add_argument("--encoder-width", type=positive_int, default=None)
     p.add_argument("--no-skips", action="store_true", help="decoder sees the past only through its bottleneck")
     p.add_argument("--seeds-config", action="store_true",
                    help="the seeds' model: 1 past frame, 7x5 grid of 256 codes of dim 128, no skips")
-    p.add_argument("--changed-weight", type=non_negative_float, default=20.0,
-                   help="extra loss weight on pixels that differ from the last past frame")
+    p.add_argument("--motion-weight", type=non_negative_float, default=20.0,
+                   help="extra loss weight on pixel cells near motion in the past frames (ball, paddle)")
     p.add_argument("--keep-static", type=probability, default=0.1,
                    help="share of motionless pixel cells scored per update (reweighted; saves CPU)")
     p.add_argument("--ema-decay", type=probability, default=None, help="codebook EMA decay (default 0.9)")
@@ -106,7 +108,7 @@ def model_config(args: argparse.Namespace, palette: list) -> dict:
     if args.seeds_config:
         config.update(SEEDS_CONFIG)
     for flag, key in (("context_frames", "context_frames"), ("num_codes", "num_codes"), ("code_dim", "code_dim"),
-                      ("encoder_width", "encoder_width"), ("ema_decay", "ema_decay")):
+                      ("encoder_width", "encoder_width"), ("ema_decay", "ema_decay"), ("patch", "patch")):
         if getattr(args, flag) is not None:
             config[key] = getattr(args, flag)
     if args.widths:
@@ -154,26 +156,43 @@ class TransitionSampler:
         return self.batch(self.rng.integers(len(self), size=batch_size))
 
 
-def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, changed_weight: float,
-               keep_static: float = 1.0):
-    """Per-pixel colour cross-entropy where pixels that change weigh 1 + changed_weight, + the VQ loss.
+def motion_cells(model: LatentActionModel, past: torch.Tensor, reach_px: int = 8) -> torch.Tensor:
+    """(B, h, w) bool: cells within `reach_px` of a pixel that changed between the past frames.
 
-    Cells (patch x patch pixel blocks) where nothing moves in the last two transitions are easy with the
-    copy bias; a random `keep_static` share of them is scored (reweighted), which saves most of the
-    head and loss work on CPU.
+    The ball and the paddle are found there, and that is where the next frame is hard to predict.
+    The mask depends on the inputs only, never on the target frame.
+    """
+    cells = model.folded_target(past[:, -1])
+    moved = torch.zeros(cells.shape[:3], dtype=torch.bool, device=past.device)
+    for j in range(past.shape[1] - 1):
+        moved |= (cells != model.folded_target(past[:, j])).any(-1)
+    reach = -(-reach_px // model.patch)
+    return F.max_pool2d(moved[:, None].float(), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0
+
+
+def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, motion_weight: float,
+               keep_static: float = 1.0):
+    """Per-pixel colour cross-entropy, + the VQ loss.
+
+    Cells near motion in the past frames (motion_cells) weigh 1 + motion_weight: that is where the
+    ball and the paddle are. The weight depends on the inputs only: weighting the pixels whose target
+    differs from the last frame instead (an earlier version) rewards predicting a change wherever one
+    is possible, which drew a ball smeared over every place it might be and made it undetectable.
+    Cells with no motion nearby and none in the target are easy with the copy bias; only a random
+    `keep_static` share of them is scored (weighted 1 / keep_static, so the loss stays unbiased),
+    which saves most of the head and loss work on CPU.
     """
     quantized, codes, vq_loss = model.encode_indices(past, nxt)
     features = model.decode_features(past, quantized)
     target = model.folded_target(nxt)
     last = model.folded_target(past[:, -1])
-    moving = (target != last).any(-1)
-    if past.shape[1] > 1:
-        moving |= (last != model.folded_target(past[:, -2])).any(-1)
-    keep = moving | (torch.rand(moving.shape, device=moving.device) < keep_static)
-    cell_weight = torch.where(moving, 1.0, 1.0 / keep_static)[keep]
+    near = motion_cells(model, past)
+    certain = near | (target != last).any(-1)
+    keep = certain | (torch.rand(certain.shape, device=certain.device) < keep_static)
+    cell_weight = (torch.where(certain, 1.0, 1.0 / keep_static) * (1.0 + motion_weight * near.float()))[keep]
     target, last = target[keep], last[keep]
     logits = model.cell_logits(features[keep], last)
-    weight = (1.0 + changed_weight * (target != last).float()) * (target >= 0).float() * cell_weight[:, None]
+    weight = (target >= 0).float() * cell_weight[:, None]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none",
                          ignore_index=-100)
     recon = (ce * weight.reshape(-1)).sum() / weight.sum()
@@ -182,14 +201,14 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
 
 @torch.no_grad()
 def validate(model: LatentActionModel, sampler: TransitionSampler, batches: list[np.ndarray], device,
-             changed_weight: float) -> dict:
+             motion_weight: float) -> dict:
     model.eval()
     totals, counts = {"recon": 0.0, "changed_acc": 0.0}, 0
     codes_all, actions_all = [], []
     for rows in batches:
         past, nxt, actions = sampler.batch(rows)
         past, nxt = past.to(device), nxt.to(device)
-        recon, _, codes, (logits, target, last) = loss_terms(model, past, nxt, changed_weight)
+        recon, _, codes, (logits, target, last) = loss_terms(model, past, nxt, motion_weight)
         changed = target != last
         correct = (logits.argmax(-1) == target) & changed
         totals["recon"] += recon.item()
@@ -288,7 +307,7 @@ def main() -> None:
             past, nxt, actions = train.sample(args.batch_size)
             past, nxt = past.to(device), nxt.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                recon, vq_loss, codes, _ = loss_terms(model, past, nxt, args.changed_weight, args.keep_static)
+                recon, vq_loss, codes, _ = loss_terms(model, past, nxt, args.motion_weight, args.keep_static)
             loss = recon + vq_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -322,7 +341,7 @@ def main() -> None:
                        "train_code_purity": table["purity"], "train_code_separation": table["separation"]}
                 val_row = {}
                 if now - last_eval >= args.eval_every:
-                    val_row = validate(model, val, val_batches, device, args.changed_weight)
+                    val_row = validate(model, val, val_batches, device, args.motion_weight)
                     last_eval = time.time()
                     if val_row["recon"] < best_val and not model.vq.bypass:
                         best_val = val_row["recon"]
@@ -353,7 +372,7 @@ def main() -> None:
     bar.close()
     elapsed = elapsed_before + time.time() - start
     save(out_dir / "latest.pt", model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
-    final_val = validate(model, val, val_batches, device, args.changed_weight)
+    final_val = validate(model, val, val_batches, device, args.motion_weight)
     if final_val["recon"] < best_val or not (out_dir / "best.pt").exists():
         best_val = final_val["recon"]
         save(out_dir / "best.pt", model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)

@@ -18,9 +18,10 @@ import torch
 from tqdm import tqdm
 
 from common.action_to_latent import (KIND, VARIANTS, ActionToLatent, checkpoint_path, cross_entropy,
-                                     file_fingerprint, past_frame_indices, red_view, transition_metrics)
-from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, pick_device, positive_float,
-                        positive_int, run_main, set_threads)
+                                     file_fingerprint, past_frame_indices, previous_action_rows, red_view,
+                                     transition_metrics)
+from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
+                        positive_float, positive_int, run_main, set_threads)
 from common.dataset import require_dataset
 from common.frame_cache import load_frame_cache
 from common.io import atomic_write_json, load_checkpoint, read_json, save_checkpoint
@@ -42,6 +43,9 @@ def parse_args() -> argparse.Namespace:
                         help="action: the action alone (seeds' MLP); frames: action + newest context frames")
     parser.add_argument("--frames-used", type=positive_int, default=3,
                         help="newest context frames the frames variant sees (capped at the latent model's k)")
+    parser.add_argument("--previous-actions", type=non_negative_int, default=4,
+                        help="earlier actions the frames variant also sees (0: none); a paddle pushed into a wall hides "
+                             "how long it was pushed, and that decides what LEFT or RIGHT does next")
     parser.add_argument("--epochs", type=positive_int, default=None, help="passes over the training pairs")
     parser.add_argument("--time-budget", type=positive_float, default=None, help="wall-clock limit in minutes")
     parser.add_argument("--batch-size", type=positive_int, default=None)
@@ -110,22 +114,42 @@ def check_pairs_match_dataset(episodes: dict, pairs: dict) -> None:
                         f"episode {unlabelled[0][1]}): re-run {PAIRS_STAGE}")
 
 
+def load_previous_actions(episodes: dict, pairs: dict, n: int) -> torch.Tensor:
+    """Per pair, the n actions before it in its episode (N, n) int64, oldest first (NOOP before the start)."""
+    previous = np.zeros((len(pairs["frame"]), n), dtype=np.int64)
+    keys = np.array([f"{level}/{index}" for level, index in pairs["episode"]])
+    for key in set(pairs["episode"]):
+        rows = np.flatnonzero(keys == f"{key[0]}/{key[1]}")
+        previous[rows] = previous_action_rows(episodes[key].actions, pairs["frame"][rows], n)
+    return torch.from_numpy(previous)
+
+
+class PairInputs:
+    """The map's inputs for any rows of the pairs: action, frame views and previous actions (as used)."""
+
+    def __init__(self, pairs: dict, views: torch.Tensor | None, view_index: torch.Tensor | None,
+                 previous: torch.Tensor | None):
+        self.actions, self.views, self.view_index, self.previous = pairs["actions"], views, view_index, previous
+
+    def logits(self, model: ActionToLatent, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        views = self.views[self.view_index[rows]].to(device) if self.views is not None else None
+        previous = self.previous[rows].to(device) if self.previous is not None else None
+        return model.features_from_views(self.actions[rows].to(device), views, previous)
+
+
 @torch.no_grad()
-def predict(model: ActionToLatent, actions: torch.Tensor, views: torch.Tensor | None, view_index: torch.Tensor | None,
-            rows: np.ndarray, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: ActionToLatent, inputs: PairInputs, rows: np.ndarray, device: torch.device,
+            batch_size: int = 1024) -> torch.Tensor:
     """Logits (len(rows), code_positions, num_codes) for the given pair rows, in batches."""
     model.eval()
-    out = []
-    for start in range(0, len(rows), batch_size):
-        batch = torch.from_numpy(rows[start:start + batch_size])
-        batch_views = views[view_index[batch]].to(device) if views is not None else None
-        out.append(model.features_from_views(actions[batch].to(device), batch_views).cpu())
+    out = [inputs.logits(model, torch.from_numpy(rows[start:start + batch_size]), device).cpu()
+           for start in range(0, len(rows), batch_size)]
     model.train()
     return torch.cat(out) if out else torch.empty(0, model.code_positions, model.num_codes)
 
 
-def evaluate(model, pairs, views, view_index, rows, device, names) -> dict:
-    logits = predict(model, pairs["actions"], views, view_index, rows, device)
+def evaluate(model, pairs, inputs: PairInputs, rows, device, names) -> dict:
+    logits = predict(model, inputs, rows, device)
     target = pairs["codes"][torch.from_numpy(rows)]
     metrics = transition_metrics(logits.argmax(-1), target, pairs["actions"][torch.from_numpy(rows)], names)
     metrics["loss"] = float(cross_entropy(logits, target)) if len(rows) else float("nan")
@@ -146,7 +170,7 @@ def majority_baseline(pairs: dict, train_rows: np.ndarray, rows: np.ndarray) -> 
     return float(np.mean(right))
 
 
-def train(model: ActionToLatent, config: dict, pairs: dict, views, view_index, split_rows: dict, select_split: str,
+def train(model: ActionToLatent, config: dict, pairs: dict, inputs: PairInputs, split_rows: dict, select_split: str,
           names: list[str], args: argparse.Namespace, device: torch.device, out_path: Path) -> tuple[dict, int]:
     """Adam on cross-entropy for --epochs or --time-budget; after each epoch the best model on the
     selection split (per-transition accuracy, ties by loss) is saved. Ctrl-C keeps the best so far."""
@@ -163,8 +187,7 @@ def train(model: ActionToLatent, config: dict, pairs: dict, views, view_index, s
             bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False)
             for b in bar:
                 batch = torch.from_numpy(order[b * args.batch_size:(b + 1) * args.batch_size])
-                batch_views = views[view_index[batch]].to(device) if views is not None else None
-                logits = model.features_from_views(pairs["actions"][batch].to(device), batch_views)
+                logits = inputs.logits(model, batch, device)
                 loss = cross_entropy(logits, pairs["codes"][batch].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -173,7 +196,7 @@ def train(model: ActionToLatent, config: dict, pairs: dict, views, view_index, s
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 if time.monotonic() > deadline:
                     break
-            selection = evaluate(model, pairs, views, view_index, split_rows[select_split], device, names)
+            selection = evaluate(model, pairs, inputs, split_rows[select_split], device, names)
             improved = (selection["transition_accuracy"], -selection["loss"]) > (best["accuracy"], -best["loss"])
             if improved:
                 best = {"accuracy": selection["transition_accuracy"], "loss": selection["loss"], "epoch": epoch}
@@ -196,10 +219,11 @@ def step_latency_ms(model: ActionToLatent, repeats: int = 200) -> dict:
     """Milliseconds one play step spends in the map (batch 1, CPU, frames included): p50 and p95."""
     model = model.cpu().eval()
     past = torch.zeros(1, model.context_frames, 210, 160, 3, dtype=torch.uint8) if model.uses_frames else None
+    previous = torch.zeros(1, model.previous_actions, dtype=torch.int64) if model.previous_actions else None
     action, times = torch.tensor([2]), []
     for _ in range(repeats + 10):
         start = time.perf_counter()
-        model.sample(action, past)
+        model.sample(action, past, previous=previous)
         times.append(1000 * (time.perf_counter() - start))
     times = np.array(times[10:])
     return {"p50": round(float(np.percentile(times, 50)), 3), "p95": round(float(np.percentile(times, 95)), 3)}
@@ -217,6 +241,7 @@ def main() -> None:
     config = {"num_actions": len(names), "num_codes": meta["num_codes"], "code_positions": meta["code_positions"],
               "context_frames": meta["context_frames"], "variant": args.variant,
               "frames_used": min(args.frames_used, meta["context_frames"]), "hidden": args.hidden,
+              "previous_actions": args.previous_actions if args.variant == "frames" else 0,
               "action_meanings": names, "latent_fingerprint": meta["latent_fingerprint"]}
     model = ActionToLatent(config).to(device)
     episodes = {(e.level, e.index): e for e in require_dataset(args.data_dir)}
@@ -224,6 +249,8 @@ def main() -> None:
     views = view_index = None
     if model.uses_frames:
         views, view_index = load_frame_views(args.data_dir, pairs, model.context_frames, model.frames_used)
+    previous = load_previous_actions(episodes, pairs, model.previous_actions) if model.previous_actions else None
+    inputs = PairInputs(pairs, views, view_index, previous)
 
     split_rows = {s: np.flatnonzero(pairs["split"] == s) for s in ("train", "val", "test")}
     if not len(split_rows["train"]):
@@ -236,12 +263,11 @@ def main() -> None:
             f"{sum(p.numel() for p in model.parameters())} parameters")
 
     out_path = checkpoint_path(args.checkpoint_dir)
-    best, steps = train(model, config, pairs, views, view_index, split_rows, select_split, names, args, device,
-                        out_path)
+    best, steps = train(model, config, pairs, inputs, split_rows, select_split, names, args, device, out_path)
 
     payload = load_checkpoint(out_path, KIND)
     model.load_state_dict(payload["model"])
-    report = evaluate(model, pairs, views, view_index, split_rows[report_split], device, names)
+    report = evaluate(model, pairs, inputs, split_rows[report_split], device, names)
     metrics = {
         "variant": args.variant,
         "report_split": report_split,
@@ -253,6 +279,7 @@ def main() -> None:
         "train_steps": steps,
         "num_codes": config["num_codes"], "code_positions": config["code_positions"],
         "context_frames": config["context_frames"], "frames_used": model.frames_used,
+        "previous_actions": model.previous_actions,
         "pairs": {s: int(len(r)) for s, r in split_rows.items()},
         "latent_codes_used": int(len(pairs["codes"].unique())),
         "step_latency_ms": step_latency_ms(model),

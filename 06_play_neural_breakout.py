@@ -210,7 +210,7 @@ def write_videos(images: list[np.ndarray], gif_path: Path, fps: float) -> Path:
 def run_headless(args: argparse.Namespace, game: NeuralBreakout, episodes: list, rng: np.random.Generator,
                  policy: Callable[[int], int]) -> None:
     episode, t0, start = pick_start(episodes, game.context_frames, rng, args.random_start)
-    game.reset(start)
+    game.reset(start, episode.actions[:t0])
     real = RealBreakout(args.data_dir) if args.compare else None
     real_frame = real.reset_to(episode, t0, start[-1]) if real else None
     images, times = [], []
@@ -250,7 +250,7 @@ def run_window(args: argparse.Namespace, game: NeuralBreakout, episodes: list, r
 
     def restart():
         episode, t0, start = pick_start(episodes, k, rng, args.random_start)
-        game.reset(start)
+        game.reset(start, episode.actions[:t0])
         return start[-1], (real.reset_to(episode, t0, start[-1]) if real else None)
 
     frame, real_frame = restart()

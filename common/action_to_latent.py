@@ -8,11 +8,15 @@ sees the newest context frames, through a compact "frame view" an MLP reads dire
 paddle's rows at full horizontal resolution (its position and motion to the pixel) and the
 whole frame max-pooled 8x8 (ball, bricks). A CNN over the frames was 10-50x slower to train on
 this 2-core CPU; the view costs ~0.1 ms per play step and keeps every object visible.
+
+It can also see the previous few actions: with the paddle pushed into a wall its position no longer
+shows how long it has been pushed there, and that decides whether a LEFT moves it this step.
 """
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,6 +35,15 @@ VARIANTS = ("action", "frames")
 
 def checkpoint_path(checkpoint_root: str | Path) -> Path:
     return Path(checkpoint_root) / "latent_action" / CHECKPOINT_NAME
+
+
+def previous_action_rows(actions: Sequence[int] | np.ndarray, t: np.ndarray, n: int) -> np.ndarray:
+    """(len(t), n) int64: the n actions before transitions t of one episode, oldest first.
+
+    Before the episode's first step the paddle was at rest: NOOP, as the frames before it repeat frame 0.
+    """
+    padded = np.concatenate([np.zeros(n, np.int64), np.asarray(actions, dtype=np.int64)])
+    return padded[np.asarray(t)[:, None] + np.arange(n)]
 
 
 def past_frame_indices(transition: int, context_frames: int) -> list[int]:
@@ -75,8 +88,9 @@ class ActionToLatent(nn.Module):
 
     config keys: num_actions, num_codes, code_positions, context_frames (the latent model's k),
     variant ("action" | "frames"), frames_used (how many of the newest context frames it sees),
-    hidden. The action enters as an embedding (= a linear layer on the one-hot action) added to
-    the linear map of the frame views, then an MLP head.
+    previous_actions (how many earlier actions it sees, 0 = none), hidden. The action and each
+    previous action enter as embeddings (= linear layers on one-hot actions) added to the linear
+    map of the frame views, then an MLP head.
     """
 
     def __init__(self, config: dict):
@@ -88,9 +102,12 @@ class ActionToLatent(nn.Module):
         self.context_frames = int(config["context_frames"])
         self.uses_frames = config["variant"] == "frames"
         self.frames_used = min(int(config.get("frames_used", 1)), self.context_frames) if self.uses_frames else 0
+        self.previous_actions = int(config.get("previous_actions", 0))
         hidden = int(config["hidden"])
 
         self.action_embed = nn.Embedding(self.num_actions, hidden)
+        if self.previous_actions:  # one table per position: "RIGHT two steps ago" is its own input
+            self.previous_embed = nn.Embedding(self.previous_actions * self.num_actions, hidden)
         if self.uses_frames:
             self.frame_in = nn.Linear(self.frames_used * VIEW_SIZE, hidden)
         self.head = nn.Sequential(
@@ -98,9 +115,17 @@ class ActionToLatent(nn.Module):
             nn.Linear(hidden, self.code_positions * self.num_codes),
         )
 
-    def features_from_views(self, actions: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
-        """actions (B,) int64, views (B, frames_used, VIEW_SIZE) uint8 (see frame_view) -> logits."""
+    def features_from_views(self, actions: torch.Tensor, views: torch.Tensor | None,
+                            previous: torch.Tensor | None = None) -> torch.Tensor:
+        """actions (B,) int64, views (B, frames_used, VIEW_SIZE) uint8 (see frame_view), previous
+        (B, previous_actions) int64 oldest first -> logits."""
         hidden = self.action_embed(actions)
+        if self.previous_actions:
+            if previous is None or previous.shape != (len(actions), self.previous_actions):
+                got = "None" if previous is None else tuple(previous.shape)
+                raise ValueError(f"this model needs the previous actions (B, {self.previous_actions}), got {got}")
+            slots = torch.arange(self.previous_actions, device=previous.device) * self.num_actions
+            hidden = hidden + self.previous_embed(previous.long() + slots).sum(1)
         if self.uses_frames:
             if views is None:
                 raise ValueError("this action->latent model needs the recent frames (past=...)")
@@ -114,23 +139,28 @@ class ActionToLatent(nn.Module):
             raise ValueError(f"this model needs past (B, k>={self.frames_used}, 210, 160, 3) uint8, got {got}")
         return frame_view(past[:, past.shape[1] - self.frames_used:])
 
-    def logits(self, actions: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
-        """actions (B,) int64; past (B, k, 210, 160, 3) uint8 (tensor or numpy) or None
-        -> (B, code_positions, num_codes). Only the newest frames_used frames of past are read."""
+    def logits(self, actions: torch.Tensor, past: torch.Tensor | None = None,
+               previous: torch.Tensor | None = None) -> torch.Tensor:
+        """actions (B,) int64; past (B, k, 210, 160, 3) uint8 (tensor or numpy) or None; previous
+        (B, previous_actions) int64 or None -> (B, code_positions, num_codes). Only the newest
+        frames_used frames of past are read."""
         device = self.action_embed.weight.device
         views = None
         if self.uses_frames:
             views = self.views_from_past(None if past is None else torch.as_tensor(past)).to(device)
-        return self.features_from_views(torch.as_tensor(actions, device=device).long(), views)
+        if previous is not None:
+            previous = torch.as_tensor(previous, device=device).long()
+        return self.features_from_views(torch.as_tensor(actions, device=device).long(), views, previous)
 
-    def forward(self, actions: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
-        return self.logits(actions, past)
+    def forward(self, actions: torch.Tensor, past: torch.Tensor | None = None,
+                previous: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(actions, past, previous)
 
     @torch.no_grad()
     def sample(self, actions: torch.Tensor, past: torch.Tensor | None = None, temperature: float = 0.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
         """(B, code_positions) int64 codes; temperature 0 = the most likely code (deterministic)."""
-        logits = self.logits(actions, past)
+        logits = self.logits(actions, past, previous)
         if temperature <= 0:
             return logits.argmax(-1)
         probs = torch.softmax(logits.float() / temperature, dim=-1).view(-1, self.num_codes)

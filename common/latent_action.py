@@ -266,6 +266,9 @@ class LatentActionModel(nn.Module):
         self.pad_h, self.pad_w = padded_size(FRAME_H) - FRAME_H, padded_size(FRAME_W) - FRAME_W
         widths, P, k = list(c["widths"]), self.num_colours, self.context_frames
         levels = len(widths)
+        if 32 % (self.patch * 2 ** (levels - 1)):
+            raise ValueError(f"patch {self.patch} with {levels} levels of widths does not tile the 224x160 frame: "
+                             f"patch x 2^(levels-1) must divide 32 (patch 8: at most 3 widths)")
         self.bottom_h = padded_size(FRAME_H) // (self.patch * 2 ** (levels - 1))
         self.bottom_w = padded_size(FRAME_W) // (self.patch * 2 ** (levels - 1))
         if self.grid and self.grid != (self.bottom_h, self.bottom_w):

@@ -63,10 +63,12 @@ class NeuralBreakout:
         self.latent_model = latent_model.to(memory_format=torch.channels_last)
         self.action_model = action_model
         self.context_frames = int(latent_model.context_frames)  # how many real frames reset() needs
+        self.previous_count = int(getattr(action_model, "previous_actions", 0))  # earlier actions the map reads
         self.palette = latent_model.palette.rgb.to(latent_model.vq.codebook.device)  # (colours, 3) uint8
         self.generator = torch.Generator().manual_seed(seed)
         self.frames: torch.Tensor | None = None   # (1, k, 210, 160, 3) uint8 RGB, oldest first
         self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
+        self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)  # earlier actions, oldest first
         self.steps = 0
 
     @classmethod
@@ -84,9 +86,15 @@ class NeuralBreakout:
         check_compatible(action_model, latent_model)
         return cls(latent_model, action_model, seed=seed)
 
-    def reset(self, frames: np.ndarray) -> None:
-        """Start from `context_frames` real RGB frames, (k, 210, 160, 3) uint8, oldest first."""
+    def reset(self, frames: np.ndarray, previous_actions: Any = None) -> None:
+        """Start from `context_frames` real RGB frames, (k, 210, 160, 3) uint8, oldest first, and
+        optionally the actions that led to them (oldest first; missing ones count as NOOP)."""
         self.frames = torch.from_numpy(check_frames(frames, self.context_frames)[None].copy())
+        self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)
+        if previous_actions is not None and self.previous_count:
+            given = [check_action(a) for a in previous_actions][-self.previous_count:]
+            if given:
+                self.previous[0, -len(given):] = torch.tensor(given)
         with torch.inference_mode():
             self.indices = self.latent_model.to_index(self.frames).cpu()
         self.steps = 0
@@ -99,30 +107,40 @@ class NeuralBreakout:
         """
         if self.frames is None:
             raise RuntimeError("call reset(frames) before step()")
-        codes = self.latents(self.frames, torch.tensor([check_action(action)]), temperature)
+        action = check_action(action)
+        codes = self.latents(self.frames, torch.tensor([action]), temperature, self.previous)
         rgb, index = self._decode(self.indices, codes)
+        self.previous = torch.cat([self.previous[:, 1:], torch.tensor([[action]])], dim=1)
         self.frames = torch.cat([self.frames[:, 1:], rgb[:, None]], dim=1)
         self.indices = torch.cat([self.indices[:, 1:], index[:, None]], dim=1)
         self.steps += 1
         return rgb[0].numpy()
 
     def step_batch(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
-                   temperature: float = 0.0) -> torch.Tensor:
-        """Stateless step(): past (B, k, 210, 160, 3) uint8 RGB, actions (B,) -> next frames (B, 210, 160, 3) uint8.
+                   temperature: float = 0.0, previous: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """Stateless step(): past (B, k, 210, 160, 3) uint8 RGB, actions (B,), previous actions
+        (B, previous_count) or None -> next frames (B, 210, 160, 3) uint8.
 
         The control measures roll out many start points at once with it.
         """
-        return self.predict(past, self.latents(past, actions, temperature))
+        return self.predict(past, self.latents(past, actions, temperature, previous))
 
     def latents(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
-                temperature: float = 0.0) -> torch.Tensor:
-        """The latent action codes (B, P) int64 the action->latent model picks for `actions` after `past`."""
+                temperature: float = 0.0, previous: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """The latent action codes (B, P) int64 the action->latent model picks for `actions` after `past`.
+
+        `previous` (B, previous_count) are the actions before, oldest first; None means NOOPs, as at
+        an episode's start."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         actions = torch.as_tensor(actions, dtype=torch.int64)
+        if previous is None:
+            previous = torch.zeros(len(actions), self.previous_count, dtype=torch.int64)
         with torch.inference_mode():
             return self.action_model.sample(actions, as_tensor(past), temperature=float(temperature),
-                                            generator=self.generator if temperature > 0 else None)
+                                            generator=self.generator if temperature > 0 else None,
+                                            previous=torch.as_tensor(previous, dtype=torch.int64)
+                                            if self.previous_count else None)
 
     def predict(self, past: np.ndarray | torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The world model's next frames (B, 210, 160, 3) uint8 for latent codes after `past` (RGB)."""

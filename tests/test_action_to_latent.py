@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common.action_to_latent import (VIEW_SIZE, ActionToLatent, cross_entropy, frame_view, load_action_to_latent,
-                                     past_frame_indices)
+                                     past_frame_indices, previous_action_rows)
 from common.cli import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +79,25 @@ def test_frames_variant_learns_a_state_dependent_mapping(one_thread):
     with pytest.raises(ValueError):
         model.logits(actions[:2])  # the frames variant refuses to guess without frames
     assert ActionToLatent(tiny_config("action")).logits(actions[:2]).shape == (2, 2, 8)
+
+
+def test_previous_actions_are_noop_before_the_start_and_can_decide_the_latent(one_thread):
+    """A paddle pushed into the wall hides how long it was pushed: the map can read the earlier actions."""
+    assert previous_action_rows([2, 3, 1, 1], np.array([0, 1, 3]), 2).tolist() == [[0, 0], [0, 2], [3, 1]]
+    torch.manual_seed(0)
+    previous = torch.randint(0, 4, (256, 2))
+    actions = torch.randint(0, 4, (256,))
+    codes = torch.stack([actions + 4 * (previous[:, 0] == 2).long(), previous[:, 1]], 1)  # not from the action alone
+    model = ActionToLatent(tiny_config("action", previous_actions=2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = cross_entropy(model.features_from_views(actions, None, previous), codes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.equal(model.eval().sample(actions, previous=previous), codes)
+    with pytest.raises(ValueError, match="previous actions"):
+        model.sample(actions)
 
 
 def test_temperature_zero_is_deterministic_and_sampling_is_seeded():
@@ -148,7 +167,8 @@ def test_smoke_map_loads_and_reports(smoke_action_to_latent):
     assert metrics["report"]["transitions"] == metrics["pairs"][split] > 0
     assert sum(row["count"] for row in metrics["report"]["per_action"].values()) == metrics["pairs"][split]
     past = torch.zeros(2, latent.context_frames, 210, 160, 3, dtype=torch.uint8)
-    codes = model.sample(torch.tensor([2, 3]), past)
+    assert model.previous_actions == 4  # 05's default
+    codes = model.sample(torch.tensor([2, 3]), past, previous=torch.tensor([[0, 1, 2, 3], [3, 3, 3, 3]]))
     assert codes.shape == (2, latent.code_positions) and int(codes.max()) < latent.num_codes
 
 

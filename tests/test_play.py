@@ -65,11 +65,14 @@ def test_step_returns_frames_and_temperature_zero_is_deterministic(game, start_f
 
 
 def test_steps_are_the_world_models_predictions_fed_back(game, start_frames):
-    game.reset(start_frames)
+    game.reset(start_frames, previous_actions=[3, 1])
+    assert game.previous_count >= 2 and game.previous[0, -2:].tolist() == [3, 1]  # older slots: NOOP
+    assert game.previous[0, :-2].eq(0).all()
     for action in (1, 2, 3):
-        past = game.frames.clone()
-        expected = game.latent_model.predict(past, game.latents(past, torch.tensor([action])))[0].numpy()
+        past, previous = game.frames.clone(), game.previous.clone()
+        expected = game.latent_model.predict(past, game.latents(past, torch.tensor([action]), 0.0, previous))[0].numpy()
         frame = game.step(action)
+        assert game.previous[0].tolist() == previous[0, 1:].tolist() + [action]
         np.testing.assert_array_equal(frame, expected)  # the fast index-state path = the model's predict()
         np.testing.assert_array_equal(game.frames[0, -1].numpy(), frame)
         np.testing.assert_array_equal(game.frames[0, :-1].numpy(), past[0, 1:].numpy())
@@ -180,14 +183,17 @@ def test_evaluate_writes_control_metrics(tmp_path, smoke_data, smoke_action_to_l
 
 # ---------------------------------------------------------------- the control measures
 class MarkerGame:
-    """A perfect 'model' of a synthetic game where pixel [0, 0, 0] counts steps and [0, 0, 1] holds the action."""
+    """A perfect 'model' of a synthetic game where pixel [0, 0, 0] counts steps, [0, 0, 1] holds the action
+    and [0, 0, 2] the action before it (so the previous actions it is given must be the recorded ones)."""
 
     context_frames = 2
+    previous_count = 3
 
-    def step_batch(self, past, actions, temperature=0.0):
+    def step_batch(self, past, actions, temperature=0.0, previous=None):
         nxt = past[:, -1].clone()
         nxt[:, 0, 0, 0] += 1
         nxt[:, 0, 0, 1] = actions.to(torch.uint8)
+        nxt[:, 0, 0, 2] = previous[:, -1].to(torch.uint8)
         return nxt
 
 
@@ -196,6 +202,7 @@ def synthetic_episode(num_frames: int, seed: int):
     frames = np.zeros((num_frames, 210, 160, 3), np.uint8)
     frames[:, 0, 0, 0] = np.arange(num_frames)
     frames[1:, 0, 0, 1] = actions
+    frames[2:, 0, 0, 2] = actions[:-1]
     return SimpleNamespace(num_frames=num_frames, actions=actions.tolist(), frames=frames)
 
 
