@@ -27,19 +27,19 @@ from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_fl
                         positive_float, positive_int, probability, run_main, set_threads)
 from common.frame_cache import FrameCache, load_frame_cache
 from common.io import atomic_write_json, load_checkpoint, save_checkpoint
-from common.latent_action import (CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionModel, checkpoint_dir,
+from common.latent_action import (CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionModel, checkpoint_dir, fold_cells,
                                    past_frame_rows)
 from common.wm_eval import action_code_table, evaluate_world_model
 
 PRESETS = {
     "smoke": {"time_budget": 0.15, "max_steps": 20, "batch_size": 4, "eval_every": 4.0, "val_batches": 1,
-              "eval_episodes": 1, "rollout_steps": 6, "widths": "8,8,8,8", "encoder_width": 8,
+              "eval_episodes": 1, "rollout_steps": 6, "widths": "8,8,8", "encoder_width": 8,
               "collapse_check_after": 10**9, "vq_warmup": 5, "threads": 1},
     "quick": {"time_budget": 25.0, "max_steps": 10**9, "batch_size": 32, "eval_every": 120.0, "val_batches": 8,
               "eval_episodes": 4, "rollout_steps": 50, "widths": None, "encoder_width": None,
               "collapse_check_after": 1500, "vq_warmup": 150, "threads": None},
     "full": {"time_budget": 240.0, "max_steps": 10**9, "batch_size": 64, "eval_every": 300.0, "val_batches": 32,
-             "eval_episodes": 32, "rollout_steps": 50, "widths": "64,128,192,256", "encoder_width": 96,
+             "eval_episodes": 32, "rollout_steps": 50, "widths": "128,192,256", "encoder_width": 96,
              "collapse_check_after": 3000, "vq_warmup": 1000, "threads": None},
 }
 SEEDS_CONFIG = {"context_frames": 1, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128, "skips": False,
@@ -156,16 +156,14 @@ class TransitionSampler:
         return self.batch(self.rng.integers(len(self), size=batch_size))
 
 
-def motion_cells(model: LatentActionModel, past: torch.Tensor, reach_px: int = 8) -> torch.Tensor:
-    """(B, h, w) bool: cells within `reach_px` of a pixel that changed between the past frames.
+def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: int = 8) -> torch.Tensor:
+    """(B, h, w) bool: cells within `reach_px` of a pixel that changed between the past frames,
+    from the past frames' cells (B, h, w, k, patch*patch) of fold_cells.
 
     The ball and the paddle are found there, and that is where the next frame is hard to predict.
     The mask depends on the inputs only, never on the target frame.
     """
-    cells = model.folded_target(past[:, -1])
-    moved = torch.zeros(cells.shape[:3], dtype=torch.bool, device=past.device)
-    for j in range(past.shape[1] - 1):
-        moved |= (cells != model.folded_target(past[:, j])).any(-1)
+    moved = (past_cells[..., :-1, :] != past_cells[..., -1:, :]).flatten(-2).any(-1)
     reach = -(-reach_px // model.patch)
     return F.max_pool2d(moved[:, None].float(), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0
 
@@ -183,20 +181,24 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     which saves most of the head and loss work on CPU.
     """
     quantized, codes, vq_loss = model.encode_indices(past, nxt)
-    features = model.decode_features(past, quantized)
-    target = model.folded_target(nxt)
-    last = model.folded_target(past[:, -1])
-    near = motion_cells(model, past)
+    past_cells = fold_cells(model.pad(past), model.patch)            # (B, h, w, k, patch*patch) uint8
+    features = model.decode_cell_features(past_cells, quantized)
+    target = model.fold_pixels(model.pad(nxt[:, None])[:, 0])        # uint8; the padding is class P
+    last = past_cells[..., -1, :]
+    near = motion_cells(model, past_cells)
     certain = near | (target != last).any(-1)
     keep = certain | (torch.rand(certain.shape, device=certain.device) < keep_static)
     cell_weight = (torch.where(certain, 1.0, 1.0 / keep_static) * (1.0 + motion_weight * near.float()))[keep]
-    target, last = target[keep], last[keep]
+    target, last = target[keep], last[keep]   # only the scored cells become int64 (saves copies on CPU)
     logits = model.cell_logits(features[keep], last)
+    padding = model.num_colours
+    target = target.long().masked_fill(target == padding, -100)
+    last = last.long().masked_fill(last == padding, -100)
     weight = (target >= 0).float() * cell_weight[:, None]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none",
                          ignore_index=-100)
     recon = (ce * weight.reshape(-1)).sum() / weight.sum()
-    return recon, vq_loss, codes, (logits, target, last)
+    return recon, vq_loss, codes, (logits, target, last, weight)
 
 
 @torch.no_grad()
@@ -208,7 +210,7 @@ def validate(model: LatentActionModel, sampler: TransitionSampler, batches: list
     for rows in batches:
         past, nxt, actions = sampler.batch(rows)
         past, nxt = past.to(device), nxt.to(device)
-        recon, _, codes, (logits, target, last) = loss_terms(model, past, nxt, motion_weight)
+        recon, _, codes, (logits, target, last, _) = loss_terms(model, past, nxt, motion_weight)
         changed = target != last
         correct = (logits.argmax(-1) == target) & changed
         totals["recon"] += recon.item()

@@ -20,7 +20,7 @@ from common.latent_action import (BREAKOUT_PALETTE, LatentActionModel, VectorQua
                                   fold_cells, load_latent_action_model)
 from conftest import run_script  # noqa: E402
 
-TINY = {"widths": [8, 8, 8, 8], "encoder_width": 8}
+TINY = {"widths": [8, 8, 8], "encoder_width": 8}
 
 
 def palette_frames(shape: tuple, seed: int = 0) -> torch.Tensor:
@@ -31,8 +31,9 @@ def palette_frames(shape: tuple, seed: int = 0) -> torch.Tensor:
 
 
 def test_public_api_shapes_and_valid_pixels():
-    for config, positions in ((TINY, 1), ({**TINY, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128,
-                                            "context_frames": 1, "skips": False}, 35)):
+    for config, positions in ((TINY, 1), ({**TINY, "patch": 4, "widths": [8, 8, 8, 8]}, 1),
+                              ({**TINY, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128,
+                                "context_frames": 1, "skips": False}, 35)):
         model = LatentActionModel(config).eval()
         k = model.context_frames
         past, nxt = palette_frames((2, k)), palette_frames((2,), seed=1)
@@ -47,6 +48,11 @@ def test_public_api_shapes_and_valid_pixels():
         # fed back as the newest past frame, a prediction is a valid input again
         again = model.predict(torch.cat([past[:, 1:], frames[:, None]], 1), codes)
         assert again.shape == frames.shape
+
+
+def test_a_patch_and_depth_that_do_not_tile_the_frame_are_refused():
+    with pytest.raises(ValueError, match="at most 3 widths"):
+        LatentActionModel({**TINY, "patch": 8, "widths": [8, 8, 8, 8]})
 
 
 def test_copy_bias_makes_an_untrained_model_repeat_the_last_frame():
@@ -177,3 +183,26 @@ def test_missing_or_foreign_checkpoint_names_stage_3(tmp_path):
     torch.save({"kind": "dqn", "format": 1}, tmp_path / "latent_action" / "best.pt")
     with pytest.raises(UserError, match="latent_action"):
         load_latent_action_model(tmp_path)
+
+
+def test_loss_weights_come_from_the_past_frames_only():
+    """The extra weight sits near motion in the past frames, whatever the target frame is: a weight
+    that follows the target's changes would reward drawing a change wherever one is possible."""
+    import importlib
+
+    train_script = importlib.import_module("03_train_latent_action")
+    model = LatentActionModel(TINY)
+    past = torch.zeros(1, model.context_frames, 210, 160, dtype=torch.uint8)
+    past[0, -1, 100:104, 50:52] = 2          # a ball appears in the newest past frame
+    near = train_script.motion_cells(model, fold_cells(model.pad(past), model.patch))
+    top = model.pad_h // 2
+    cell = ((100 + top) // model.patch, 50 // model.patch)
+    assert near[0, cell[0], cell[1]] and near[0, cell[0] + 1, cell[1] + 1]   # its cell and the next ones
+    assert int(near.sum()) <= 3 * 3 * 2 and not near[0, 0, 0]                 # and nothing far away
+    weights = []
+    for target_row in (60, 150):  # two different next frames: the ball far up or far down
+        nxt = torch.zeros(1, 210, 160, dtype=torch.uint8)
+        nxt[0, target_row:target_row + 4, 50:52] = 2
+        weights.append(train_script.loss_terms(model, past, nxt, motion_weight=20.0, keep_static=1.0)[3][3])
+    assert torch.equal(weights[0], weights[1])
+    assert set(weights[0].unique().tolist()) == {0.0, 1.0, 21.0}   # padding, elsewhere, near the motion
