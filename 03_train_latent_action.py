@@ -71,6 +71,10 @@ def parse_args() -> argparse.Namespace:
                    help="extra loss weight on pixel cells near motion in the past frames (ball, paddle)")
     p.add_argument("--keep-static", type=probability, default=0.1,
                    help="share of motionless pixel cells scored per update (reweighted; saves CPU)")
+    p.add_argument("--own-context", type=probability, default=0.0,
+                   help="share of updates whose newest past frames the model drew itself (scheduled sampling)")
+    p.add_argument("--own-context-depth", type=positive_int, default=3,
+                   help="at most this many of the past frames are the model's own (drawn from 1..N per update)")
     p.add_argument("--ema-decay", type=probability, default=None, help="codebook EMA decay (default 0.9)")
     p.add_argument("--dead-code-threshold", type=probability, default=0.01,
                    help="restart codes whose recent usage share is below this")
@@ -145,15 +149,36 @@ class TransitionSampler:
     def __len__(self) -> int:
         return len(self.t)
 
-    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        past_rows = self.start[rows, None] + past_frame_rows(self.t[rows], self.k)
+    def batch(self, rows: np.ndarray, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(k + extra past frames, next frame, real action) of transitions `rows`."""
+        past_rows = self.start[rows, None] + past_frame_rows(self.t[rows], self.k + extra)
         next_rows = self.start[rows] + self.t[rows] + 1
-        past = torch.from_numpy(self.frames[past_rows.ravel()].reshape(len(rows), self.k, 210, 160))
+        past = torch.from_numpy(self.frames[past_rows.ravel()].reshape(len(rows), self.k + extra, 210, 160))
         nxt = torch.from_numpy(self.frames[next_rows])
         return past, nxt, self.action[rows]
 
-    def sample(self, batch_size: int):
-        return self.batch(self.rng.integers(len(self), size=batch_size))
+    def sample(self, batch_size: int, extra: int = 0):
+        return self.batch(self.rng.integers(len(self), size=batch_size), extra)
+
+
+@torch.no_grad()
+def own_context(model: LatentActionModel, frames: torch.Tensor, depth: int) -> torch.Tensor:
+    """The k past frames as the model itself would have drawn their newest `depth` frames.
+
+    frames (B, k + depth, H, W) are real; starting from the oldest k, the model predicts `depth` steps
+    with the latents its encoder infers from the real frames. Training on such contexts (with the real
+    next frame as target) teaches the decoder to carry on from its own small errors, which a
+    rollout otherwise compounds until the ball fades out.
+    """
+    k = model.context_frames
+    was_training = model.training
+    model.eval()  # no codebook EMA updates from these passes
+    context = frames[:, :k]
+    for j in range(depth):
+        _, codes, _ = model.encode_indices(frames[:, j:j + k], frames[:, j + k])
+        context = torch.cat([context[:, 1:], model.predict_indices(context, codes)[:, None]], 1)
+    model.train(was_training)
+    return context
 
 
 def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: int = 8) -> torch.Tensor:
@@ -306,7 +331,12 @@ def main() -> None:
             lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            past, nxt, actions = train.sample(args.batch_size)
+            depth = 0
+            if args.own_context and not model.vq.bypass and train.rng.random() < args.own_context:
+                depth = int(train.rng.integers(1, args.own_context_depth + 1))
+            past, nxt, actions = train.sample(args.batch_size, extra=depth)
+            if depth:
+                past = own_context(model, past.to(device), depth)
             past, nxt = past.to(device), nxt.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 recon, vq_loss, codes, _ = loss_terms(model, past, nxt, args.motion_weight, args.keep_static)

@@ -206,3 +206,21 @@ def test_loss_weights_come_from_the_past_frames_only():
         weights.append(train_script.loss_terms(model, past, nxt, motion_weight=20.0, keep_static=1.0)[3][3])
     assert torch.equal(weights[0], weights[1])
     assert set(weights[0].unique().tolist()) == {0.0, 1.0, 21.0}   # padding, elsewhere, near the motion
+
+
+def test_own_context_replaces_the_newest_past_frames_with_the_models_drawing():
+    """Scheduled sampling: with a model that only copies the last frame, the frames it draws itself
+    are copies of the last real frame it started from."""
+    import importlib
+
+    train_script = importlib.import_module("03_train_latent_action")
+    model = LatentActionModel({**TINY, "copy_bias": True})
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    k = model.context_frames
+    frames = model.to_index(palette_frames((2, k + 2), seed=3))
+    context = train_script.own_context(model, frames, depth=2)
+    assert context.shape == (2, k, 210, 160) and model.training
+    assert torch.equal(context[:, :k - 2], frames[:, 2:k])          # the real frames that remain
+    assert torch.equal(context[:, -1], frames[:, k - 1]) and torch.equal(context[:, -2], frames[:, k - 1])
