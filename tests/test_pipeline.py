@@ -28,3 +28,16 @@ def test_smoke_pipeline_runs_every_stage_and_reports(tmp_path: Path) -> None:
     with Image.open(data / "neural_random_game.gif") as gif:
         assert gif.n_frames >= 60
     assert "pipeline summary" in result.stdout
+
+
+def test_the_pipeline_gives_stage_3_every_core_except_in_smoke() -> None:
+    """Stage 3's own load check would see the pipeline's just-finished stage 2 and pick one thread."""
+    import os
+
+    sys.path.insert(0, str(REPO))
+    from run_pipeline import stage_commands
+
+    quick = dict(stage_commands("quick", "d", "c", "r"))["03 train latent actions + world model"]
+    assert quick[quick.index("--threads") + 1] == str(os.cpu_count())
+    smoke = dict(stage_commands("smoke", "d", "c", "r"))["03 train latent actions + world model"]
+    assert "--threads" not in smoke
