@@ -59,8 +59,9 @@ def test_interrupted_recording_keeps_only_complete_episodes_and_tops_up(tmp_path
     data_dir = tmp_path / "data"
     args = ["02_record_videos.py", "--policy", "random", "--preset", "smoke", "--random-episodes", "200",
             "--max-steps", "40", "--no-video", "--data-dir", str(data_dir)]
+    # SIG_DFL: a test runner started in the background (`cmd &`) ignores SIGINT, and its children inherit that
     process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     json_path = ds.actions_path(data_dir, 0)
     deadline = time.time() + 60
     while time.time() < deadline and not (json_path.exists() and len(ds.load_episodes(data_dir)) >= 2):
