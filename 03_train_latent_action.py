@@ -216,9 +216,7 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     cell_weight = (torch.where(certain, 1.0, 1.0 / keep_static) * (1.0 + motion_weight * near.float()))[keep]
     target, last = target[keep], last[keep]   # only the scored cells become int64 (saves copies on CPU)
     logits = model.cell_logits(features[keep], last)
-    padding = model.num_colours
-    target = target.long().masked_fill(target == padding, -100)
-    last = last.long().masked_fill(last == padding, -100)
+    target, last = model.target_classes(target), model.target_classes(last)
     weight = (target >= 0).float() * cell_weight[:, None]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none",
                          ignore_index=-100)

@@ -401,7 +401,11 @@ class LatentActionModel(nn.Module):
 
     def folded_target(self, nxt: torch.Tensor, ignore: int = -100) -> torch.Tensor:
         """(B, 210, 160) classes -> (B, h, w, patch*patch) int64 targets, `ignore` in the padding."""
-        target = self.fold_pixels(self.pad(nxt[:, None])[:, 0]).long()
+        return self.target_classes(self.fold_pixels(self.pad(nxt[:, None])[:, 0]), ignore)
+
+    def target_classes(self, cells: torch.Tensor, ignore: int = -100) -> torch.Tensor:
+        """Folded uint8 classes (any shape) -> int64 cross-entropy targets, `ignore` where padding."""
+        target = cells.long()
         return target.masked_fill(target == self.num_colours, ignore)
 
     def code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
