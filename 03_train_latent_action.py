@@ -29,6 +29,7 @@ from common.frame_cache import FrameCache, load_frame_cache
 from common.io import atomic_write_json, load_checkpoint, save_checkpoint
 from common.latent_action import (CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionModel, checkpoint_dir, fold_cells,
                                    past_frame_rows)
+from common.metrics import perplexity
 from common.wm_eval import action_code_table, evaluate_world_model
 
 PRESETS = {
@@ -363,11 +364,11 @@ def main() -> None:
                 codes_np, actions_np = np.concatenate(window_codes), np.concatenate(window_actions)
                 table = action_code_table(actions_np, codes_np, model.num_codes)
                 usage = np.bincount(codes_np, minlength=model.num_codes) / len(codes_np)
-                perplexity = float(np.exp(-(usage[usage > 0] * np.log(usage[usage > 0])).sum()))
+                ppl = perplexity(usage)
                 speed = samples_since / (now - last_log)
                 row = {"step": step, "minutes": (elapsed_before + now - start) / 60, "samples_per_s": speed, "lr": lr,
                        "recon": recent["recon"] / recent["n"], "vq": recent["vq"] / recent["n"],
-                       "perplexity": perplexity, "codes_used": int((usage > 0).sum()), "restarts": restarts_total,
+                       "perplexity": ppl, "codes_used": int((usage > 0).sum()), "restarts": restarts_total,
                        "train_code_purity": table["purity"], "train_code_separation": table["separation"]}
                 val_row = {}
                 if now - last_eval >= args.eval_every:
@@ -385,16 +386,16 @@ def main() -> None:
                 for key, value in {**row, **{f"val_{k}": v for k, v in val_row.items()}}.items():
                     if key != "step":
                         tb.add_scalar(f"latent/{key}", value, step)
-                bar.set_postfix(recon=f"{row['recon']:.3f}", ppl=f"{perplexity:.2f}", sep=f"{table['separation']:.2f}",
+                bar.set_postfix(recon=f"{row['recon']:.3f}", ppl=f"{ppl:.2f}", sep=f"{table['separation']:.2f}",
                                 sps=f"{speed:.0f}")
-                tqdm.write(f"step {step}: recon {row['recon']:.4f} perplexity {perplexity:.2f} "
+                tqdm.write(f"step {step}: recon {row['recon']:.4f} perplexity {ppl:.2f} "
                            f"codes per action {table['histogram_text']}"
                            + (f" | val recon {val_row['recon']:.4f} changed-pixel acc {val_row['changed_acc']:.3f}"
                               if val_row else ""))
                 window_codes, window_actions = [], []
                 recent = {"recon": 0.0, "vq": 0.0, "n": 0}
                 last_log, samples_since = time.time(), 0
-                if step >= args.collapse_check_after and model.code_positions == 1 and perplexity < 1.3:
+                if step >= args.collapse_check_after and model.code_positions == 1 and ppl < 1.3:
                     stop_reason = "collapse"
                     break
     except KeyboardInterrupt:

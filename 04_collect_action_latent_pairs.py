@@ -23,6 +23,7 @@ from common.dataset import level_files, read_level, require_dataset
 from common.frame_cache import load_frame_cache
 from common.io import atomic_write_bytes, atomic_write_json
 from common.latent_action import load_latent_action_model
+from common.metrics import perplexity
 
 PAIRS_NAME = "action_latent_pairs.json"
 STATS_NAME = "action_latent_stats.json"
@@ -116,8 +117,7 @@ def code_statistics(records: list[dict], names: list[str]) -> dict:
 def code_usage(codes: list[int]) -> dict:
     """How many codes the latent model really uses, and the perplexity (exp entropy) of their histogram."""
     counts = np.bincount(np.asarray(codes, dtype=np.int64))
-    share = counts[counts > 0] / max(1, counts.sum())
-    return {"codes_used": int((counts > 0).sum()), "code_perplexity": round(float(np.exp(-(share * np.log(share)).sum())), 3)}
+    return {"codes_used": int((counts > 0).sum()), "code_perplexity": round(perplexity(counts), 3)}
 
 
 def short_code(code: list[int]) -> str:

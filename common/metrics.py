@@ -1,4 +1,5 @@
-"""Image quality measures for uint8 RGB frames: PSNR and SSIM (per frame, averaged by the caller)."""
+"""Image quality measures for uint8 RGB frames (PSNR and SSIM, per frame, averaged by the caller), and the
+perplexity of a codebook's usage."""
 from __future__ import annotations
 
 import numpy as np
@@ -45,3 +46,10 @@ def ssim(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> 
     cov = _gaussian_filter(a * b) - mu_a * mu_b
     score = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a.square() + mu_b.square() + c1) * (var_a + var_b + c2))
     return score.flatten(1).mean(1).reshape(*lead, 3).mean(-1).numpy()
+
+
+def perplexity(counts: np.ndarray) -> float:
+    """exp(entropy) of a histogram of code uses: the number of equally used codes it is worth."""
+    p = np.asarray(counts, dtype=np.float64)
+    p = p[p > 0] / max(p.sum(), 1e-12)
+    return float(np.exp(-(p * np.log(p)).sum()))

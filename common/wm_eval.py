@@ -17,7 +17,7 @@ import torch
 
 from common.frame_cache import FrameCache
 from common.latent_action import past_frame_rows
-from common.metrics import psnr, ssim
+from common.metrics import perplexity, psnr, ssim
 
 ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")
 
@@ -38,12 +38,6 @@ def action_code_table(actions: np.ndarray, codes: np.ndarray, num_codes: int, nu
     text = " ".join(f"{ACTION_NAMES[a][0]}[" + ",".join(str(hist[a, c]) for c in shown) + "]"
                     for a in range(num_actions))
     return {"histogram": hist.tolist(), "purity": purity, "separation": separation, "histogram_text": text}
-
-
-def _perplexity(counts: np.ndarray) -> float:
-    p = counts / max(counts.sum(), 1)
-    p = p[p > 0]
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def _windows(frames: np.ndarray, k: int, t: np.ndarray) -> np.ndarray:
@@ -202,7 +196,7 @@ def evaluate_world_model(model, cache: FrameCache, out_dir: str | Path, episodes
         "rollout_psnr_random_step4": float(np.mean(delta_random)) if delta_random else float("nan"),
         "psnr_by_step": [float(np.mean(v)) if v else None for v in by_step],
         "rollouts_per_step": [len(v) for v in by_step],
-        "codes": {"usage": usage.tolist(), "codes_used": int((usage > 0).sum()), "perplexity": _perplexity(usage),
+        "codes": {"usage": usage.tolist(), "codes_used": int((usage > 0).sum()), "perplexity": perplexity(usage),
                   "per_action_histogram": table["histogram"], "action_purity": table["purity"],
                   "action_separation": table["separation"],
                   "note": "codes of position 0; real actions are used here for monitoring only"},
