@@ -116,10 +116,11 @@ def check_pairs_match_dataset(episodes: dict, pairs: dict) -> None:
 
 def load_previous_actions(episodes: dict, pairs: dict, n: int) -> torch.Tensor:
     """Per pair, the n actions before it in its episode (N, n) int64, oldest first (NOOP before the start)."""
+    rows_of: dict[tuple[int, int], list[int]] = {}
+    for row, key in enumerate(pairs["episode"]):
+        rows_of.setdefault(key, []).append(row)
     previous = np.zeros((len(pairs["frame"]), n), dtype=np.int64)
-    keys = np.array([f"{level}/{index}" for level, index in pairs["episode"]])
-    for key in set(pairs["episode"]):
-        rows = np.flatnonzero(keys == f"{key[0]}/{key[1]}")
+    for key, rows in rows_of.items():
         previous[rows] = previous_action_rows(episodes[key].actions, pairs["frame"][rows], n)
     return torch.from_numpy(previous)
 

@@ -134,13 +134,14 @@ class NeuralBreakout:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         actions = torch.as_tensor(actions, dtype=torch.int64)
-        if previous is None:
+        if not self.previous_count:
+            previous = None
+        elif previous is None:
             previous = torch.zeros(len(actions), self.previous_count, dtype=torch.int64)
         with torch.inference_mode():
             return self.action_model.sample(actions, as_tensor(past), temperature=float(temperature),
                                             generator=self.generator if temperature > 0 else None,
-                                            previous=torch.as_tensor(previous, dtype=torch.int64)
-                                            if self.previous_count else None)
+                                            previous=previous)
 
     def predict(self, past: np.ndarray | torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The world model's next frames (B, 210, 160, 3) uint8 for latent codes after `past` (RGB)."""
