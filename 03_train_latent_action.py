@@ -352,8 +352,9 @@ def main() -> None:
             window_actions.append(actions)
             recent_z.append(model.last_z)
             if model.vq.bypass and step >= args.vq_warmup:
-                model.vq.start_quantizing(torch.cat(list(recent_z)))
-                tqdm.write(f"step {step}: warm-up over, codebook placed by k-means on {len(torch.cat(list(recent_z)))} "
+                warm_z = torch.cat(list(recent_z))
+                model.vq.start_quantizing(warm_z)
+                tqdm.write(f"step {step}: warm-up over, codebook placed by k-means on {len(warm_z)} "
                            f"encoder outputs; quantizing from now on")
             elif step % args.restart_every == 0:
                 restarted = model.vq.restart_dead_codes(torch.cat(list(recent_z)), args.dead_code_threshold)
