@@ -3,7 +3,8 @@
 Two variants (--variant): `action`, the seeds' MLP on the one-hot action; and `frames` (default),
 which also sees the newest context frames, because in Breakout the latent a key produces depends
 on the state (paddle inertia carries the previous action into this transition, LEFT against the
-wall does nothing, FIRE only matters without a ball in play). Cross-entropy over every latent
+wall does nothing, FIRE only matters without a ball in play), and the paddle knob's position, the
+hidden state ALE's paddle controller keeps (common/action_to_latent.py). Cross-entropy over every latent
 position, Adam, the best checkpoint by validation per-transition accuracy, then a report on the
 held-out test episodes: per-transition and per-position accuracy and a per-action confusion table.
 """
@@ -18,11 +19,11 @@ import torch
 from tqdm import tqdm
 
 from common.action_to_latent import (KIND, VARIANTS, ActionToLatent, checkpoint_path, cross_entropy,
-                                     file_fingerprint, past_frame_indices, previous_action_rows, red_view,
-                                     transition_metrics)
+                                     file_fingerprint, knob_positions, past_frame_indices, previous_action_rows,
+                                     red_view, transition_metrics)
 from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, run_main, set_threads)
-from common.dataset import require_dataset
+from common.dataset import level_files, read_level, require_dataset
 from common.frame_cache import load_frame_cache
 from common.io import atomic_write_json, load_checkpoint, read_json, save_checkpoint
 
@@ -46,6 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--previous-actions", type=non_negative_int, default=4,
                         help="earlier actions the frames variant also sees (0: none); a paddle pushed into a wall hides "
                              "how long it was pushed, and that decides what LEFT or RIGHT does next")
+    parser.add_argument("--knob", action=argparse.BooleanOptionalAction, default=True,
+                        help="the frames variant also reads the paddle knob's position, the clamped sum of every "
+                             "action since the game began (ALE's paddle controller; --no-knob: it does not)")
     parser.add_argument("--epochs", type=positive_int, default=None, help="passes over the training pairs")
     parser.add_argument("--time-budget", type=positive_float, default=None, help="wall-clock limit in minutes")
     parser.add_argument("--batch-size", type=positive_int, default=None)
@@ -125,17 +129,37 @@ def load_previous_actions(episodes: dict, pairs: dict, n: int) -> torch.Tensor:
     return torch.from_numpy(previous)
 
 
+def recorded_frame_skip(data_dir: str | Path) -> int:
+    """The emulator frames per recorded step, which the knob's turn per step depends on; one for all levels."""
+    skips = {int(read_level(path).get("frame_skip", 4)) for path in level_files(data_dir).values()}
+    if not skips:
+        raise UserError(f"no recorded gameplay in {data_dir}/actions: run 02_record_videos.py first")
+    if len(skips) != 1:
+        raise UserError(f"the recorded levels use different frame skips {sorted(skips)}: the knob needs one; "
+                        f"re-record them alike or pass --no-knob")
+    return skips.pop()
+
+
+def load_knob(episodes: dict, pairs: dict, frame_skip: int) -> torch.Tensor:
+    """Per pair, the paddle knob's position before its transition (N,) float32."""
+    knob_of = {key: knob_positions(episodes[key].actions, frame_skip) for key in set(pairs["episode"])}
+    return torch.from_numpy(np.array([knob_of[key][frame] for key, frame in zip(pairs["episode"], pairs["frame"])],
+                                     dtype=np.float32))
+
+
 class PairInputs:
-    """The map's inputs for any rows of the pairs: action, frame views and previous actions (as used)."""
+    """The map's inputs for any rows of the pairs: action, frame views, previous actions and knob (as used)."""
 
     def __init__(self, pairs: dict, views: torch.Tensor | None, view_index: torch.Tensor | None,
-                 previous: torch.Tensor | None):
-        self.actions, self.views, self.view_index, self.previous = pairs["actions"], views, view_index, previous
+                 previous: torch.Tensor | None, knob: torch.Tensor | None):
+        self.actions, self.views, self.view_index = pairs["actions"], views, view_index
+        self.previous, self.knob = previous, knob
 
     def logits(self, model: ActionToLatent, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
         views = self.views[self.view_index[rows]].to(device) if self.views is not None else None
         previous = self.previous[rows].to(device) if self.previous is not None else None
-        return model.features_from_views(self.actions[rows].to(device), views, previous)
+        knob = self.knob[rows].to(device) if self.knob is not None else None
+        return model.features_from_views(self.actions[rows].to(device), views, previous, knob)
 
 
 @torch.no_grad()
@@ -221,10 +245,11 @@ def step_latency_ms(model: ActionToLatent, repeats: int = 200) -> dict:
     model = model.cpu().eval()
     past = torch.zeros(1, model.context_frames, 210, 160, 3, dtype=torch.uint8) if model.uses_frames else None
     previous = torch.zeros(1, model.previous_actions, dtype=torch.int64) if model.previous_actions else None
+    knob = torch.full((1,), 0.5) if model.uses_knob else None
     action, times = torch.tensor([2]), []
     for _ in range(repeats + 10):
         start = time.perf_counter()
-        model.sample(action, past, previous=previous)
+        model.sample(action, past, previous=previous, knob=knob)
         times.append(1000 * (time.perf_counter() - start))
     times = np.array(times[10:])
     return {"p50": round(float(np.percentile(times, 50)), 3), "p95": round(float(np.percentile(times, 95)), 3)}
@@ -243,6 +268,7 @@ def main() -> None:
               "context_frames": meta["context_frames"], "variant": args.variant,
               "frames_used": min(args.frames_used, meta["context_frames"]), "hidden": args.hidden,
               "previous_actions": args.previous_actions if args.variant == "frames" else 0,
+              "knob_frame_skip": recorded_frame_skip(args.data_dir) if args.variant == "frames" and args.knob else 0,
               "action_meanings": names, "latent_fingerprint": meta["latent_fingerprint"]}
     model = ActionToLatent(config).to(device)
     episodes = {(e.level, e.index): e for e in require_dataset(args.data_dir)}
@@ -251,7 +277,8 @@ def main() -> None:
     if model.uses_frames:
         views, view_index = load_frame_views(args.data_dir, pairs, model.context_frames, model.frames_used)
     previous = load_previous_actions(episodes, pairs, model.previous_actions) if model.previous_actions else None
-    inputs = PairInputs(pairs, views, view_index, previous)
+    knob = load_knob(episodes, pairs, model.knob_frame_skip) if model.uses_knob else None
+    inputs = PairInputs(pairs, views, view_index, previous, knob)
 
     split_rows = {s: np.flatnonzero(pairs["split"] == s) for s in ("train", "val", "test")}
     if not len(split_rows["train"]):
@@ -281,6 +308,7 @@ def main() -> None:
         "num_codes": config["num_codes"], "code_positions": config["code_positions"],
         "context_frames": config["context_frames"], "frames_used": model.frames_used,
         "previous_actions": model.previous_actions,
+        "knob": model.uses_knob,
         "pairs": {s: int(len(r)) for s, r in split_rows.items()},
         "latent_codes_used": int(len(pairs["codes"].unique())),
         "step_latency_ms": step_latency_ms(model),

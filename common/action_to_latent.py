@@ -9,8 +9,12 @@ paddle's rows at full horizontal resolution (its position and motion to the pixe
 whole frame max-pooled 8x8 (ball, bricks). A CNN over the frames was 10-50x slower to train on
 this 2-core CPU; the view costs ~0.1 ms per play step and keeps every object visible.
 
-It can also see the previous few actions: with the paddle pushed into a wall its position no longer
-shows how long it has been pushed there, and that decides whether a LEFT moves it this step.
+It can also see the previous few actions and the position of the paddle's knob. ALE plays Breakout's
+paddle controller, a knob, with discrete actions: every emulator frame LEFT turns it one way and RIGHT
+the other by a fixed amount, and the knob stops at its ends, which lie past the walls. With the paddle
+pushed into a wall, the picture no longer shows how far past the wall the knob is, and that decides
+whether LEFT moves the paddle this step. The knob is a clamped sum of every action since the game
+began, so it is known exactly wherever the actions are (recordings, control measures, play).
 """
 from __future__ import annotations
 
@@ -51,6 +55,34 @@ def past_frame_indices(transition: int, context_frames: int) -> list[int]:
     return past_frame_rows(np.array([transition]), context_frames)[0].tolist()
 
 
+# ALE's paddle emulation (ale_state.hpp): PADDLE_DELTA 23000 per frame, knob range PADDLE_MIN 27450 ..
+# PADDLE_MAX 790196, reset to the middle. LEFT turns the knob up, RIGHT down (Breakout's minimal set).
+KNOB_TURN_PER_FRAME = 23000 / (790196 - 27450)
+KNOB_START = 0.5
+KNOB_BINS = 64  # the map reads the knob as one of 64 positions (a turn per 4-frame step is ~8 of them)
+KNOB_DIRECTION = (0, 0, -1, 1)  # NOOP, FIRE, RIGHT, LEFT
+
+
+def knob_positions(actions: Sequence[int] | np.ndarray, frame_skip: int, start: float = KNOB_START) -> np.ndarray:
+    """(len(actions) + 1,) float32 in [0, 1]: the paddle knob before each transition of a game, then after its last.
+
+    A step is frame_skip emulator frames of one action; clamping once per step equals clamping every
+    frame, as the knob only moves one way within a step.
+    """
+    turn = KNOB_TURN_PER_FRAME * frame_skip
+    knob = np.empty(len(actions) + 1, dtype=np.float32)
+    knob[0] = value = start
+    for i, action in enumerate(actions):
+        value = min(1.0, max(0.0, value + turn * KNOB_DIRECTION[int(action)]))
+        knob[i + 1] = value
+    return knob
+
+
+def knob_bins(knob: torch.Tensor) -> torch.Tensor:
+    """Knob positions in [0, 1] -> int64 bins 0 .. KNOB_BINS - 1."""
+    return (knob.float().clamp(0, 1) * (KNOB_BINS - 1)).round().long()
+
+
 PADDLE_ROWS = slice(189, 195)  # Breakout's paddle; every colour but the black background has red >= 66
 VIEW_SIZE = 160 + 26 * 20  # bytes per frame
 
@@ -88,9 +120,10 @@ class ActionToLatent(nn.Module):
 
     config keys: num_actions, num_codes, code_positions, context_frames (the latent model's k),
     variant ("action" | "frames"), frames_used (how many of the newest context frames it sees),
-    previous_actions (how many earlier actions it sees, 0 = none), hidden. The action and each
-    previous action enter as embeddings (= linear layers on one-hot actions) added to the linear
-    map of the frame views, then an MLP head.
+    previous_actions (how many earlier actions it sees, 0 = none), knob_frame_skip (the data's frame
+    skip when it reads the paddle knob, 0 = it does not), hidden. The action, each previous action and
+    the knob's bin enter as embeddings (= linear layers on one-hot inputs) added to the linear map of
+    the frame views, then an MLP head.
     """
 
     def __init__(self, config: dict):
@@ -103,11 +136,14 @@ class ActionToLatent(nn.Module):
         self.uses_frames = config["variant"] == "frames"
         self.frames_used = min(int(config.get("frames_used", 1)), self.context_frames) if self.uses_frames else 0
         self.previous_actions = int(config.get("previous_actions", 0))
+        self.knob_frame_skip = int(config.get("knob_frame_skip", 0))
         hidden = int(config["hidden"])
 
         self.action_embed = nn.Embedding(self.num_actions, hidden)
         if self.previous_actions:  # one table per position: "RIGHT two steps ago" is its own input
             self.previous_embed = nn.Embedding(self.previous_actions * self.num_actions, hidden)
+        if self.knob_frame_skip:
+            self.knob_embed = nn.Embedding(KNOB_BINS, hidden)
         if self.uses_frames:
             self.frame_in = nn.Linear(self.frames_used * VIEW_SIZE, hidden)
         self.head = nn.Sequential(
@@ -115,10 +151,14 @@ class ActionToLatent(nn.Module):
             nn.Linear(hidden, self.code_positions * self.num_codes),
         )
 
+    @property
+    def uses_knob(self) -> bool:
+        return self.knob_frame_skip > 0
+
     def features_from_views(self, actions: torch.Tensor, views: torch.Tensor | None,
-                            previous: torch.Tensor | None = None) -> torch.Tensor:
+                            previous: torch.Tensor | None = None, knob: torch.Tensor | None = None) -> torch.Tensor:
         """actions (B,) int64, views (B, frames_used, VIEW_SIZE) uint8 (see frame_view), previous
-        (B, previous_actions) int64 oldest first -> logits."""
+        (B, previous_actions) int64 oldest first, knob (B,) float in [0, 1] (see knob_positions) -> logits."""
         hidden = self.action_embed(actions)
         if self.previous_actions:
             if previous is None or previous.shape != (len(actions), self.previous_actions):
@@ -126,6 +166,11 @@ class ActionToLatent(nn.Module):
                 raise ValueError(f"this model needs the previous actions (B, {self.previous_actions}), got {got}")
             slots = torch.arange(self.previous_actions, device=previous.device) * self.num_actions
             hidden = hidden + self.previous_embed(previous.long() + slots).sum(1)
+        if self.uses_knob:
+            if knob is None or knob.shape != (len(actions),):
+                got = "None" if knob is None else tuple(knob.shape)
+                raise ValueError(f"this model needs the paddle knob positions ({len(actions)},), got {got}")
+            hidden = hidden + self.knob_embed(knob_bins(knob))
         if self.uses_frames:
             if views is None:
                 raise ValueError("this action->latent model needs the recent frames (past=...)")
@@ -140,27 +185,30 @@ class ActionToLatent(nn.Module):
         return frame_view(past[:, past.shape[1] - self.frames_used:])
 
     def logits(self, actions: torch.Tensor, past: torch.Tensor | None = None,
-               previous: torch.Tensor | None = None) -> torch.Tensor:
+               previous: torch.Tensor | None = None, knob: torch.Tensor | None = None) -> torch.Tensor:
         """actions (B,) int64; past (B, k, 210, 160, 3) uint8 (tensor or numpy) or None; previous
-        (B, previous_actions) int64 or None -> (B, code_positions, num_codes). Only the newest
-        frames_used frames of past are read."""
+        (B, previous_actions) int64 or None; knob (B,) float or None -> (B, code_positions, num_codes).
+        Only the newest frames_used frames of past are read."""
         device = self.action_embed.weight.device
         views = None
         if self.uses_frames:
             views = self.views_from_past(None if past is None else torch.as_tensor(past)).to(device)
         if previous is not None:
             previous = torch.as_tensor(previous, device=device).long()
-        return self.features_from_views(torch.as_tensor(actions, device=device).long(), views, previous)
+        if knob is not None:
+            knob = torch.as_tensor(knob, device=device).float()
+        return self.features_from_views(torch.as_tensor(actions, device=device).long(), views, previous, knob)
 
     def forward(self, actions: torch.Tensor, past: torch.Tensor | None = None,
-                previous: torch.Tensor | None = None) -> torch.Tensor:
-        return self.logits(actions, past, previous)
+                previous: torch.Tensor | None = None, knob: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(actions, past, previous, knob)
 
     @torch.no_grad()
     def sample(self, actions: torch.Tensor, past: torch.Tensor | None = None, temperature: float = 0.0,
-               generator: torch.Generator | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, previous: torch.Tensor | None = None,
+               knob: torch.Tensor | None = None) -> torch.Tensor:
         """(B, code_positions) int64 codes; temperature 0 = the most likely code (deterministic)."""
-        logits = self.logits(actions, past, previous)
+        logits = self.logits(actions, past, previous, knob)
         if temperature <= 0:
             return logits.argmax(-1)
         probs = torch.softmax(logits.float() / temperature, dim=-1).view(-1, self.num_codes)

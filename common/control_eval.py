@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.action_to_latent import previous_action_rows
+from common.action_to_latent import knob_positions, previous_action_rows
 from common.dataset import read_frames
 from common.detectors import ball_xy, paddle_x
 from common.metrics import psnr
@@ -133,11 +133,14 @@ def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30
         actions = torch.tensor([ep.actions[t0:t0 + horizon] for ep, t0 in chunk], dtype=torch.int64)
         previous = torch.from_numpy(np.stack([previous_action_rows(ep.actions, t0 + np.arange(horizon),
                                                                    game.previous_count) for ep, t0 in chunk]))
+        knob = torch.from_numpy(np.stack([knob_positions(ep.actions, game.knob_frame_skip)[t0:t0 + horizon]
+                                          for ep, t0 in chunk])) if game.knob_frame_skip else None
         past, real = clips[:, :k], clips[:, k:].numpy()
         ball_visible.append(np.array([[ball_xy(real[b, s]) is not None for s in range(control_steps)]
                                       for b in range(len(chunk))]))
 
-        generated = _rollout(lambda p, s: game.step_batch(p, actions[:, s], 0.0, previous[:, s]), past, horizon)
+        generated = _rollout(lambda p, s: game.step_batch(p, actions[:, s], 0.0, previous[:, s],
+                                                              None if knob is None else knob[:, s]), past, horizon)
         results["action_to_latent"].append(_score(generated, real, control_steps))
         still = np.repeat(past[:, -1:].numpy(), horizon, axis=1)
         results["copy_last_frame"].append(_score(still, real, control_steps))

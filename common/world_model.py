@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.action_to_latent import KNOB_START, knob_positions
+
 FRAME_SHAPE = (210, 160, 3)
 ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")  # Breakout's minimal action set
 
@@ -64,11 +66,13 @@ class NeuralBreakout:
         self.action_model = action_model
         self.context_frames = int(latent_model.context_frames)  # how many real frames reset() needs
         self.previous_count = int(getattr(action_model, "previous_actions", 0))  # earlier actions the map reads
+        self.knob_frame_skip = int(getattr(action_model, "knob_frame_skip", 0))   # > 0: the map reads the knob
         self.palette = latent_model.palette.rgb.to(latent_model.vq.codebook.device)  # (colours, 3) uint8
         self.generator = torch.Generator().manual_seed(seed)
         self.frames: torch.Tensor | None = None   # (1, k, 210, 160, 3) uint8 RGB, oldest first
         self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
         self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)  # earlier actions, oldest first
+        self.knob = KNOB_START  # the paddle knob's position (common/action_to_latent.py)
         self.steps = 0
 
     @classmethod
@@ -88,13 +92,15 @@ class NeuralBreakout:
 
     def reset(self, frames: np.ndarray, previous_actions: Any = None) -> None:
         """Start from `context_frames` real RGB frames, (k, 210, 160, 3) uint8, oldest first, and
-        optionally the actions that led to them (oldest first; missing ones count as NOOP)."""
+        optionally the actions that led to them since the game began (oldest first). Missing ones count
+        as NOOP, and the paddle knob then starts in the middle, where a new game puts it."""
         self.frames = torch.from_numpy(check_frames(frames, self.context_frames)[None].copy())
         self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)
-        if previous_actions is not None and self.previous_count:
-            given = [check_action(a) for a in previous_actions][-self.previous_count:]
-            if given:
-                self.previous[0, -len(given):] = torch.tensor(given)
+        given = [] if previous_actions is None else [check_action(a) for a in previous_actions]
+        if given and self.previous_count:
+            recent = given[-self.previous_count:]
+            self.previous[0, -len(recent):] = torch.tensor(recent)
+        self.knob = float(knob_positions(given, self.knob_frame_skip)[-1]) if self.knob_frame_skip else KNOB_START
         with torch.inference_mode():
             self.indices = self.latent_model.to_index(self.frames).cpu()
         self.steps = 0
@@ -108,29 +114,33 @@ class NeuralBreakout:
         if self.frames is None:
             raise RuntimeError("call reset(frames) before step()")
         action = check_action(action)
-        codes = self.latents(self.frames, torch.tensor([action]), temperature, self.previous)
+        codes = self.latents(self.frames, torch.tensor([action]), temperature, self.previous, torch.tensor([self.knob]))
         rgb, index = self._decode(self.indices, codes)
         self.previous = torch.cat([self.previous[:, 1:], torch.tensor([[action]])], dim=1)
+        if self.knob_frame_skip:
+            self.knob = float(knob_positions([action], self.knob_frame_skip, start=self.knob)[-1])
         self.frames = torch.cat([self.frames[:, 1:], rgb[:, None]], dim=1)
         self.indices = torch.cat([self.indices[:, 1:], index[:, None]], dim=1)
         self.steps += 1
         return rgb[0].numpy()
 
     def step_batch(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
-                   temperature: float = 0.0, previous: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+                   temperature: float = 0.0, previous: np.ndarray | torch.Tensor | None = None,
+                   knob: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
         """Stateless step(): past (B, k, 210, 160, 3) uint8 RGB, actions (B,), previous actions
-        (B, previous_count) or None -> next frames (B, 210, 160, 3) uint8.
+        (B, previous_count) or None, knob positions (B,) or None -> next frames (B, 210, 160, 3) uint8.
 
         The control measures roll out many start points at once with it.
         """
-        return self.predict(past, self.latents(past, actions, temperature, previous))
+        return self.predict(past, self.latents(past, actions, temperature, previous, knob))
 
     def latents(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
-                temperature: float = 0.0, previous: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+                temperature: float = 0.0, previous: np.ndarray | torch.Tensor | None = None,
+                knob: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
         """The latent action codes (B, P) int64 the action->latent model picks for `actions` after `past`.
 
-        `previous` (B, previous_count) are the actions before, oldest first; None means NOOPs, as at
-        an episode's start."""
+        `previous` (B, previous_count) are the actions before, oldest first, and `knob` (B,) the paddle
+        knob's positions (knob_positions); None means NOOPs and a knob in the middle, as at a game's start."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         actions = torch.as_tensor(actions, dtype=torch.int64)
@@ -138,10 +148,14 @@ class NeuralBreakout:
             previous = None
         elif previous is None:
             previous = torch.zeros(len(actions), self.previous_count, dtype=torch.int64)
+        if not self.knob_frame_skip:
+            knob = None
+        elif knob is None:
+            knob = torch.full((len(actions),), KNOB_START)
         with torch.inference_mode():
             return self.action_model.sample(actions, as_tensor(past), temperature=float(temperature),
                                             generator=self.generator if temperature > 0 else None,
-                                            previous=previous)
+                                            previous=previous, knob=None if knob is None else torch.as_tensor(knob))
 
     def predict(self, past: np.ndarray | torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The world model's next frames (B, 210, 160, 3) uint8 for latent codes after `past` (RGB)."""

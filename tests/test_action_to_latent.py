@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.action_to_latent import (VIEW_SIZE, ActionToLatent, cross_entropy, frame_view, load_action_to_latent,
-                                     past_frame_indices, previous_action_rows)
+from common.action_to_latent import (KNOB_TURN_PER_FRAME, VIEW_SIZE, ActionToLatent, cross_entropy, frame_view,
+                                     knob_positions, load_action_to_latent, past_frame_indices, previous_action_rows)
 from common.cli import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +100,63 @@ def test_previous_actions_are_noop_before_the_start_and_can_decide_the_latent(on
         model.sample(actions)
 
 
+def test_knob_is_the_clamped_sum_of_the_actions():
+    turn = 4 * KNOB_TURN_PER_FRAME
+    np.testing.assert_allclose(knob_positions([3, 3, 0, 1, 2], 4),
+                               [0.5, 0.5 + turn, 0.5 + 2 * turn, 0.5 + 2 * turn, 0.5 + 2 * turn, 0.5 + turn], atol=1e-6)
+    assert knob_positions([2] * 20, 4)[-1] == 0.0 and knob_positions([3] * 20, 4)[-1] == 1.0
+    assert knob_positions([2] * 20 + [3], 4)[-1] == pytest.approx(turn)  # back from the stop at once
+    assert knob_positions([3], 2)[-1] - 0.5 == pytest.approx(turn / 2)  # half the frames, half the turn
+    assert knob_positions([], 4).tolist() == [0.5]
+
+
+def test_knob_decides_whether_left_moves_a_paddle_pushed_into_the_right_wall():
+    """In the emulator: the paddle stays at the right wall while the knob is near its stop, and LEFT moves it
+    exactly when the knob has turned back far enough; the paddle's picture alone cannot tell these apart."""
+    from common.detectors import ram_positions
+    from common.recorder import make_env
+
+    env = make_env("breakout", frame_skip=4, noop_max=30)
+    env.unwrapped.np_random = np.random.default_rng(0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    actions, paddle = [], [ram_positions(env.unwrapped.ale.getRAM())[0]]
+    for _ in range(400):
+        actions.append(int(rng.integers(4)))
+        _, _, terminated, truncated, _ = env.step(actions[-1])
+        paddle.append(ram_positions(env.unwrapped.ale.getRAM())[0])
+        if terminated or truncated:
+            break
+    paddle, knob = np.array(paddle), knob_positions(actions, 4)
+    assert np.corrcoef(knob, paddle)[0, 1] < -0.95  # LEFT turns the knob up and the paddle left
+    right_wall = paddle.max()
+    assert np.all(paddle[knob < 0.2] == right_wall)
+    left_at_wall = (paddle[:-1] == right_wall) & (np.array(actions) == 3)
+    moved = paddle[1:][left_at_wall] < right_wall
+    assert left_at_wall.sum() >= 10 and 0 < moved.sum() < left_at_wall.sum()
+    assert np.array_equal(moved, knob[:-1][left_at_wall] >= 0.2)
+
+
+def test_the_map_reads_the_knob(one_thread):
+    """A latent decided by the knob alone (LEFT at the wall: stay or move) is learned exactly."""
+    torch.manual_seed(0)
+    knob = torch.rand(256)
+    actions = torch.full((256,), 3)
+    codes = torch.stack([(knob >= 0.2).long(), (knob >= 0.7).long()], 1)
+    model = ActionToLatent(tiny_config("action", knob_frame_skip=4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = cross_entropy(model.features_from_views(actions, None, knob=knob), codes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # a knob bin is 1/63 wide: only inputs away from the two thresholds are decided by their bin
+    clear = ((knob - 0.2).abs() > 0.02) & ((knob - 0.7).abs() > 0.02)
+    assert torch.equal(model.eval().sample(actions, knob=knob)[clear], codes[clear])
+    with pytest.raises(ValueError, match="knob"):
+        model.sample(actions)
+
+
 def test_temperature_zero_is_deterministic_and_sampling_is_seeded():
     torch.manual_seed(1)
     model = ActionToLatent(tiny_config("frames")).eval()
@@ -167,8 +224,9 @@ def test_smoke_map_loads_and_reports(smoke_action_to_latent):
     assert metrics["report"]["transitions"] == metrics["pairs"][split] > 0
     assert sum(row["count"] for row in metrics["report"]["per_action"].values()) == metrics["pairs"][split]
     past = torch.zeros(2, latent.context_frames, 210, 160, 3, dtype=torch.uint8)
-    assert model.previous_actions == 4  # 05's default
-    codes = model.sample(torch.tensor([2, 3]), past, previous=torch.tensor([[0, 1, 2, 3], [3, 3, 3, 3]]))
+    assert model.previous_actions == 4 and model.knob_frame_skip == 4  # 05's defaults, the recording's frame skip
+    codes = model.sample(torch.tensor([2, 3]), past, previous=torch.tensor([[0, 1, 2, 3], [3, 3, 3, 3]]),
+                         knob=torch.tensor([0.0, 0.5]))
     assert codes.shape == (2, latent.code_positions) and int(codes.max()) < latent.num_codes
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.action_to_latent import knob_positions
 from common.cli import UserError
 from common.metrics import PSNR_CAP_DB
 from common.world_model import NeuralBreakout
@@ -65,14 +66,17 @@ def test_step_returns_frames_and_temperature_zero_is_deterministic(game, start_f
 
 
 def test_steps_are_the_world_models_predictions_fed_back(game, start_frames):
-    game.reset(start_frames, previous_actions=[3, 1])
-    assert game.previous_count >= 2 and game.previous[0, -2:].tolist() == [3, 1]  # older slots: NOOP
-    assert game.previous[0, :-2].eq(0).all()
+    history = [3, 3, 3, 2, 3, 1]
+    game.reset(start_frames, previous_actions=history)
+    assert game.previous_count == 4 and game.previous[0].tolist() == history[-4:]
+    assert game.knob_frame_skip == 4 and game.knob == pytest.approx(knob_positions(history, 4)[-1])  # every action
     for action in (1, 2, 3):
-        past, previous = game.frames.clone(), game.previous.clone()
-        expected = game.latent_model.predict(past, game.latents(past, torch.tensor([action]), 0.0, previous))[0].numpy()
+        past, previous, knob = game.frames.clone(), game.previous.clone(), torch.tensor([game.knob])
+        expected = game.latent_model.predict(past, game.latents(past, torch.tensor([action]), 0.0, previous,
+                                                                knob))[0].numpy()
         frame = game.step(action)
         assert game.previous[0].tolist() == previous[0, 1:].tolist() + [action]
+        assert game.knob == pytest.approx(knob_positions([action], 4, start=float(knob))[-1])
         np.testing.assert_array_equal(frame, expected)  # the fast index-state path = the model's predict()
         np.testing.assert_array_equal(game.frames[0, -1].numpy(), frame)
         np.testing.assert_array_equal(game.frames[0, :-1].numpy(), past[0, 1:].numpy())
@@ -183,17 +187,20 @@ def test_evaluate_writes_control_metrics(tmp_path, smoke_data, smoke_action_to_l
 
 # ---------------------------------------------------------------- the control measures
 class MarkerGame:
-    """A perfect 'model' of a synthetic game where pixel [0, 0, 0] counts steps, [0, 0, 1] holds the action
-    and [0, 0, 2] the action before it (so the previous actions it is given must be the recorded ones)."""
+    """A perfect 'model' of a synthetic game where pixel [0, 0, 0] counts steps, [0, 0, 1] holds the action,
+    [0, 0, 2] the action before it and [0, 1, 0] the paddle knob in percent (so the previous actions and
+    the knob it is given must be the recorded ones)."""
 
     context_frames = 2
     previous_count = 3
+    knob_frame_skip = 4
 
-    def step_batch(self, past, actions, temperature=0.0, previous=None):
+    def step_batch(self, past, actions, temperature=0.0, previous=None, knob=None):
         nxt = past[:, -1].clone()
         nxt[:, 0, 0, 0] += 1
         nxt[:, 0, 0, 1] = actions.to(torch.uint8)
         nxt[:, 0, 0, 2] = previous[:, -1].to(torch.uint8)
+        nxt[:, 0, 1, 0] = (knob * 100).round().to(torch.uint8)
         return nxt
 
 
@@ -203,6 +210,7 @@ def synthetic_episode(num_frames: int, seed: int):
     frames[:, 0, 0, 0] = np.arange(num_frames)
     frames[1:, 0, 0, 1] = actions
     frames[2:, 0, 0, 2] = actions[:-1]
+    frames[1:, 0, 1, 0] = np.round(knob_positions(actions, 4)[:-1] * 100)
     return SimpleNamespace(num_frames=num_frames, actions=actions.tolist(), frames=frames)
 
 
@@ -211,7 +219,7 @@ def test_control_rollouts_align_actions_and_frames(monkeypatch):
 
     monkeypatch.setattr(ce, "read_frames", lambda ep, start, stop: ep.frames[start:stop].copy())
     monkeypatch.setattr(ce, "paddle_x", lambda f: float(f[0, 0, 0]) * 10)  # one step off = 10 px off
-    monkeypatch.setattr(ce, "ball_xy", lambda f: (float(f[0, 0, 1]) * 10, 0.0))  # a wrong action = miss
+    monkeypatch.setattr(ce, "ball_xy", lambda f: (float(f[0, 0, 1]) * 10, float(f[0, 1, 0]) * 10))  # wrong action/knob = miss
     episodes = [synthetic_episode(40, 0), synthetic_episode(20, 1)]
     metrics = ce.evaluate_control(MarkerGame(), episodes, control_steps=5, drift_steps=8, max_windows=100,
                                   batch_size=3, with_inferred_latents=False)
