@@ -70,6 +70,8 @@ def parse_args() -> argparse.Namespace:
                    help="the seeds' model: 1 past frame, 7x5 grid of 256 codes of dim 128, no skips")
     p.add_argument("--motion-weight", type=non_negative_float, default=20.0,
                    help="extra loss weight on pixel cells near motion in the past frames (ball, paddle)")
+    p.add_argument("--appear-weight", type=non_negative_float, default=0.0,
+                   help="extra loss weight on cells that change far from any past motion (a served ball)")
     p.add_argument("--keep-static", type=probability, default=0.1,
                    help="share of motionless pixel cells scored per update (reweighted; saves CPU)")
     p.add_argument("--own-context", type=probability, default=0.0,
@@ -195,7 +197,7 @@ def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: i
 
 
 def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, motion_weight: float,
-               keep_static: float = 1.0):
+               keep_static: float = 1.0, appear_weight: float = 0.0):
     """Per-pixel colour cross-entropy, + the VQ loss.
 
     Cells near motion in the past frames (motion_cells) weigh 1 + motion_weight: that is where the
@@ -205,6 +207,9 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     Cells with no motion nearby and none in the target are easy with the copy bias; only a random
     `keep_static` share of them is scored (weighted 1 / keep_static, so the loss stays unbiased),
     which saves most of the head and loss work on CPU.
+    Cells that change far from any past motion (a ball served, a digit of the score) weigh
+    1 + appear_weight. That weight does follow the target, but only where the past frames show nothing
+    that could move, so it cannot reward smearing a moving ball.
     """
     quantized, codes, vq_loss = model.encode_indices(past, nxt)
     past_cells = fold_cells(model.pad(past), model.patch)            # (B, h, w, k, patch*patch) uint8
@@ -212,9 +217,11 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     target = model.fold_pixels(model.pad(nxt[:, None])[:, 0])        # uint8; the padding is class P
     last = past_cells[..., -1, :]
     near = motion_cells(model, past_cells)
-    certain = near | (target != last).any(-1)
+    changed = (target != last).any(-1)
+    certain = near | changed
     keep = certain | (torch.rand(certain.shape, device=certain.device) < keep_static)
-    cell_weight = (torch.where(certain, 1.0, 1.0 / keep_static) * (1.0 + motion_weight * near.float()))[keep]
+    extra = motion_weight * near.float() + appear_weight * (changed & ~near).float()
+    cell_weight = (torch.where(certain, 1.0, 1.0 / keep_static) * (1.0 + extra))[keep]
     target, last = target[keep], last[keep]   # only the scored cells become int64 (saves copies on CPU)
     logits = model.cell_logits(features[keep], last)
     target, last = model.target_classes(target), model.target_classes(last)
@@ -227,14 +234,14 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
 
 @torch.no_grad()
 def validate(model: LatentActionModel, sampler: TransitionSampler, batches: list[np.ndarray], device,
-             motion_weight: float) -> dict:
+             motion_weight: float, appear_weight: float = 0.0) -> dict:
     model.eval()
     totals, counts = {"recon": 0.0, "changed_acc": 0.0}, 0
     codes_all, actions_all = [], []
     for rows in batches:
         past, nxt, actions = sampler.batch(rows)
         past, nxt = past.to(device), nxt.to(device)
-        recon, _, codes, (logits, target, last, _) = loss_terms(model, past, nxt, motion_weight)
+        recon, _, codes, (logits, target, last, _) = loss_terms(model, past, nxt, motion_weight, appear_weight=appear_weight)
         changed = target != last
         correct = (logits.argmax(-1) == target) & changed
         totals["recon"] += recon.item()
@@ -338,7 +345,8 @@ def main() -> None:
                 past = own_context(model, past.to(device), depth)
             past, nxt = past.to(device), nxt.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                recon, vq_loss, codes, _ = loss_terms(model, past, nxt, args.motion_weight, args.keep_static)
+                recon, vq_loss, codes, _ = loss_terms(model, past, nxt, args.motion_weight, args.keep_static,
+                                                       args.appear_weight)
             loss = recon + vq_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -373,7 +381,7 @@ def main() -> None:
                        "train_code_purity": table["purity"], "train_code_separation": table["separation"]}
                 val_row = {}
                 if now - last_eval >= args.eval_every:
-                    val_row = validate(model, val, val_batches, device, args.motion_weight)
+                    val_row = validate(model, val, val_batches, device, args.motion_weight, args.appear_weight)
                     last_eval = time.time()
                     if val_row["recon"] < best_val and not model.vq.bypass:
                         best_val = val_row["recon"]
@@ -404,7 +412,7 @@ def main() -> None:
     bar.close()
     elapsed = elapsed_before + time.time() - start
     save(out_dir / "latest.pt", model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
-    final_val = validate(model, val, val_batches, device, args.motion_weight)
+    final_val = validate(model, val, val_batches, device, args.motion_weight, args.appear_weight)
     if final_val["recon"] < best_val or not (out_dir / "best.pt").exists():
         best_val = final_val["recon"]
         save(out_dir / "best.pt", model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)

@@ -208,6 +208,34 @@ def test_loss_weights_come_from_the_past_frames_only():
     assert set(weights[0].unique().tolist()) == {0.0, 1.0, 21.0}   # padding, elsewhere, near the motion
 
 
+def test_appear_weight_falls_on_changes_far_from_past_motion_only():
+    """A ball served far from anything that moved weighs 1 + appear_weight; a change next to the past
+    motion keeps the motion weight, so the moving ball is not rewarded for smearing."""
+    import importlib
+
+    train_script = importlib.import_module("03_train_latent_action")
+    model = LatentActionModel(TINY)
+    past = torch.zeros(1, model.context_frames, 210, 160, dtype=torch.uint8)
+    past[0, -1, 100:104, 50:52] = 2                    # motion around (100, 50)
+    nxt = past[:, -1].clone()
+    nxt[0, 100:104, 52:54] = 2                         # the ball moves on, next to the motion
+    nxt[0, 150:154, 120:122] = 2                       # and a new ball appears far away
+    top = model.pad_h // 2
+    near_cell = ((100 + top) // model.patch, 52 // model.patch)
+    far_cell = ((150 + top) // model.patch, 120 // model.patch)
+
+    def cell_weights(appear_weight: float) -> torch.Tensor:
+        weight = train_script.loss_terms(model, past, nxt, motion_weight=20.0, keep_static=1.0,
+                                         appear_weight=appear_weight)[3][3]
+        rows, cols = (210 + model.pad_h) // model.patch, (160 + model.pad_w) // model.patch
+        return weight.reshape(1, rows, cols, -1).amax(-1)
+
+    plain, served = cell_weights(0.0), cell_weights(50.0)
+    assert plain[0, far_cell[0], far_cell[1]] == 1.0 and served[0, far_cell[0], far_cell[1]] == 51.0
+    assert plain[0, near_cell[0], near_cell[1]] == served[0, near_cell[0], near_cell[1]] == 21.0
+    assert set(served[served != plain].tolist()) == {51.0}           # only cells of the new ball
+
+
 def test_own_context_replaces_the_newest_past_frames_with_the_models_drawing():
     """Scheduled sampling: with a model that only copies the last frame, the frames it draws itself
     are copies of the last real frame it started from."""
