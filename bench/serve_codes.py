@@ -2,7 +2,8 @@
 
 The neural game can only serve a new ball if some latent code means "a ball comes now". This
 counts the serves in the recorded data (a ball at 100 < y < 180 in a frame whose two previous frames
-show none) and prints the latent codes Stage 4 gave them beside the codes of FIRE without a serve.
+show none) and prints where the ball appears, and the latent codes Stage 4 gave those transitions
+beside the codes of FIRE without a serve.
 Reads data/actions/action_latent_pairs.json (run 04 first) and Stage 3's frame cache.
 
     .venv/bin/python bench/serve_codes.py --data-dir data
@@ -47,10 +48,11 @@ def main() -> None:
     codes = {(p["level"], p["episode"], p["frame"]): tuple(p["latent_code"]) for p in pairs}
     cache = load_frame_cache(args.data_dir)
     palette = np.array(cache.palette, dtype=np.uint8)
-    serve_codes, fire_codes, serve_actions = Counter(), Counter(), Counter()
+    serve_codes, fire_codes, serve_actions, serve_places = Counter(), Counter(), Counter(), Counter()
     for episode in cache.episodes:
         balls = [ball_xy(palette[frame]) for frame in cache.episode_frames(episode)]
         serves = set(serve_transitions(balls))
+        serve_places.update((round(balls[i + 1][0]), round(balls[i + 1][1])) for i in serves)
         for i, action in enumerate(episode.actions):
             code = codes.get((episode.level, episode.index, i))
             if code is None:
@@ -63,6 +65,7 @@ def main() -> None:
     serves, fires = sum(serve_codes.values()), sum(fire_codes.values())
     print(f"{serves} serves (by the action that made them: {dict(serve_actions)}); {fires} FIRE without a serve")
     if serves:
+        print("where the ball appears (x, y):", ", ".join(f"{place}: {n}" for place, n in serve_places.most_common(8)))
         print(f"serve codes:            {code_table(serve_codes, serves)}")
         print(f"FIRE-no-serve codes:    {code_table(fire_codes, fires)}")
         top = [code for code, _ in fire_codes.most_common(2)]
