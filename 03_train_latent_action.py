@@ -66,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--widths", default=None, help="decoder channels per level, comma-separated")
     p.add_argument("--encoder-width", type=positive_int, default=None)
     p.add_argument("--no-skips", action="store_true", help="decoder sees the past only through its bottleneck")
+    p.add_argument("--event-code", action="store_true",
+                   help="a second code from the screen above the paddle only, free for a served ball")
     p.add_argument("--seeds-config", action="store_true",
                    help="the seeds' model: 1 past frame, 7x5 grid of 256 codes of dim 128, no skips")
     p.add_argument("--motion-weight", type=non_negative_float, default=20.0,
@@ -130,6 +132,11 @@ def model_config(args: argparse.Namespace, palette: list) -> dict:
             raise UserError(f"--code-grid must look like 7x5, got {args.code_grid!r}") from None
     if args.no_skips:
         config["skips"] = False
+    if args.event_code:
+        if config["code_grid"]:
+            raise UserError("--event-code adds a second code to the single code: it does not combine with "
+                            "--code-grid or --seeds-config")
+        config["event_code"] = True
     return config
 
 

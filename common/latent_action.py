@@ -6,6 +6,7 @@ prediction is the most likely class per pixel, which keeps generated frames cris
 up over a long rollout because every generated frame is again a valid palette image.
 
   encoder:  (k past frames, next frame) -> one code per transition (or a grid of codes, seeds' mode)
+            optionally a second code from the screen above the paddle (event_code: a served ball)
   decoder:  (k past frames, code)       -> next frame
 
 Both work at a low internal resolution without throwing pixels away: the one-hot frames are folded
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from common.cli import UserError
 
 FRAME_H, FRAME_W = 210, 160
+EVENT_ROWS = 192   # rows of the padded 224-row frame that the event code sees: original rows 0-184, above the paddle (189-192)
 STAGE = "03_train_latent_action.py"
 CHECKPOINT_KIND = "latent_action"
 
@@ -38,6 +40,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_codes": 8,             # codebook size
     "code_dim": 16,             # codebook vector size
     "code_grid": None,          # None: one code per transition; [rows, cols]: a grid of codes (seeds: [7, 5])
+    "event_code": False,        # a second code, from the screen above the paddle only (a served ball)
     "patch": 8,                 # space-to-depth factor of the first level (8: 1.4-2x the samples/s of 4, and better, part2.md)
     "widths": [64, 96, 128],    # channels at 1/8, 1/16, 1/32 of the padded 224x160 frame
     "encoder_width": 48,        # channels of the latent action encoder
@@ -261,7 +264,10 @@ class LatentActionModel(nn.Module):
         self.context_frames = int(c["context_frames"])
         self.num_codes = int(c["num_codes"])
         self.grid = tuple(c["code_grid"]) if c["code_grid"] else None
-        self.code_positions = self.grid[0] * self.grid[1] if self.grid else 1
+        self.event_code = bool(c.get("event_code", False))
+        if self.event_code and self.grid:
+            raise ValueError("event_code adds a second code to the single code; it does not combine with code_grid")
+        self.code_positions = self.grid[0] * self.grid[1] if self.grid else 1 + self.event_code
         self.patch = int(c["patch"])
         self.pad_h, self.pad_w = padded_size(FRAME_H) - FRAME_H, padded_size(FRAME_W) - FRAME_W
         widths, P, k = list(c["widths"]), self.num_colours, self.context_frames
@@ -282,7 +288,8 @@ class LatentActionModel(nn.Module):
                                    for i in range(levels - 1))
         self.ups = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 1) for i in range(levels - 1))
         self.up_blocks = nn.ModuleList(Block(w) for w in widths[:-1])
-        self.code_in = nn.ModuleList(nn.Linear(c["code_dim"], 2 * w) for w in widths)  # FiLM: scale, shift
+        code_in = c["code_dim"] * (1 if self.grid else self.code_positions)     # the codes side by side
+        self.code_in = nn.ModuleList(nn.Linear(code_in, 2 * w) for w in widths)  # FiLM: scale, shift
         self.head = nn.Linear(widths[0], self.patch ** 2 * P)
         self.copy_weight = nn.Parameter(torch.tensor(4.0)) if c["copy_bias"] else None
 
@@ -297,6 +304,17 @@ class LatentActionModel(nn.Module):
             size_h //= 2
         self.encoder = nn.Sequential(*enc_layers)
         self.to_code = nn.Linear(2 * e if not self.grid else e, c["code_dim"])
+        if self.event_code:
+            # The same encoder over the screen above the paddle's rows only: the paddle's motion cannot
+            # reach this code, so it is free for what happens elsewhere (a serve, part2.md).
+            self.event_stem = PatchEmbedding(k, enc_patch, P, e)
+            event_layers: list[nn.Module] = [nn.SiLU(), Block(e)]
+            size_h = EVENT_ROWS // enc_patch
+            while size_h > 7:
+                event_layers += [nn.Conv2d(e, e, 3, stride=2, padding=1), nn.SiLU(), Block(e)]
+                size_h //= 2
+            self.event_encoder = nn.Sequential(*event_layers)
+            self.to_event_code = nn.Linear(2 * e, c["code_dim"])
         self.vq = VectorQuantizer(self.num_codes, c["code_dim"], c["ema_decay"], c["commitment"])
         self.to(memory_format=torch.channels_last)  # what oneDNN convolutions run fastest on CPU
 
@@ -325,6 +343,10 @@ class LatentActionModel(nn.Module):
             z = self.to_code(h.flatten(2).transpose(1, 2))                       # (B, positions, dim)
         else:
             z = self.to_code(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))[:, None]
+        if self.event_code:
+            above = frames[..., :EVENT_ROWS, :]
+            g = self.event_encoder(self.event_stem(fold_cells(above, self.event_stem.patch), differences=True))
+            z = torch.cat([z, self.to_event_code(torch.cat([g.mean((2, 3)), g.amax((2, 3))], 1))[:, None]], 1)
         B, N, D = z.shape
         self.last_z = z.detach().reshape(B * N, D)
         quantized, codes, loss = self.vq(z.reshape(B * N, D))
@@ -364,7 +386,7 @@ class LatentActionModel(nn.Module):
         if self.grid:
             film = self.code_in[level](code_vectors).transpose(1, 2).reshape(B, -1, *self.grid)
         else:
-            film = self.code_in[level](code_vectors[:, 0])[:, :, None, None]
+            film = self.code_in[level](code_vectors.flatten(1))[:, :, None, None]
         scale, shift = film.chunk(2, dim=1)
         return h * (1 + scale) + shift
 

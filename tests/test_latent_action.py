@@ -33,7 +33,7 @@ def palette_frames(shape: tuple, seed: int = 0) -> torch.Tensor:
 def test_public_api_shapes_and_valid_pixels():
     for config, positions in ((TINY, 1), ({**TINY, "patch": 4, "widths": [8, 8, 8, 8]}, 1),
                               ({**TINY, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128,
-                                "context_frames": 1, "skips": False}, 35)):
+                                "context_frames": 1, "skips": False}, 35), ({**TINY, "event_code": True}, 2)):
         model = LatentActionModel(config).eval()
         k = model.context_frames
         past, nxt = palette_frames((2, k)), palette_frames((2,), seed=1)
@@ -48,6 +48,48 @@ def test_public_api_shapes_and_valid_pixels():
         # fed back as the newest past frame, a prediction is a valid input again
         again = model.predict(torch.cat([past[:, 1:], frames[:, None]], 1), codes)
         assert again.shape == frames.shape
+
+
+def test_the_event_code_sees_the_screen_above_the_paddle_only():
+    """A paddle that moves changes only the first code's encoder output; a ball served mid-screen
+    changes the event code's."""
+    model = LatentActionModel({**TINY, "event_code": True}).eval()
+    past = torch.zeros(2, model.context_frames, 210, 160, dtype=torch.uint8)
+    nxt = torch.zeros(2, 210, 160, dtype=torch.uint8)
+    nxt[1, 189:193, 60:76] = 2                      # the paddle moved in the second sample
+    with torch.no_grad():
+        model.encode_indices(past, nxt)
+        z = model.last_z.view(2, 2, -1)
+        assert torch.equal(z[0, 1], z[1, 1]) and not torch.equal(z[0, 0], z[1, 0])
+        nxt[1, 124:128, 80:82] = 2                  # and a ball is served at y = 126
+        model.encode_indices(past, nxt)
+        z_served = model.last_z.view(2, 2, -1)
+        assert not torch.equal(z_served[1, 1], z[1, 1])
+    with pytest.raises(ValueError, match="does not combine"):
+        LatentActionModel({**TINY, "event_code": True, "code_grid": [7, 5]})
+
+
+def test_event_code_latents_flow_through_stages_4_5_and_play(smoke_data, tmp_path):
+    from common.dataset import read_frames, require_dataset
+    from common.world_model import NeuralBreakout
+
+    data, root = tmp_path / "data", tmp_path / "ck"
+    data.mkdir()
+    shutil.copytree(smoke_data / "actions", data / "actions")
+    (data / "raw_gameplay").symlink_to(smoke_data / "raw_gameplay", target_is_directory=True)
+    dirs = ["--data-dir", str(data), "--checkpoint-dir", str(root)]
+    for args in (("03_train_latent_action.py", "--preset", "smoke", "--event-code", "--max-steps", "8",
+                  "--log-dir", str(tmp_path / "runs")),
+                 ("04_collect_action_latent_pairs.py",), ("05_train_action_to_latent.py", "--preset", "smoke")):
+        result = run_script(*args, *dirs)
+        assert result.returncode == 0, result.stderr[-3000:]
+    pairs = json.loads((data / "actions" / "action_latent_pairs.json").read_text())
+    assert pairs["meta"]["code_positions"] == 2 and all(len(p["latent_code"]) == 2 for p in pairs["pairs"])
+    game = NeuralBreakout.load(root, device="cpu")
+    game.reset(read_frames(require_dataset(data)[0], 0, game.context_frames))
+    assert game.step(1).shape == (210, 160, 3)
+    refused = run_script("03_train_latent_action.py", "--preset", "smoke", "--event-code", "--seeds-config", *dirs)
+    assert refused.returncode == 2 and "does not combine" in refused.stderr
 
 
 def test_a_patch_and_depth_that_do_not_tile_the_frame_are_refused():
