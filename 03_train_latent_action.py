@@ -67,13 +67,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--encoder-width", type=positive_int, default=None)
     p.add_argument("--no-skips", action="store_true", help="decoder sees the past only through its bottleneck")
     p.add_argument("--event-code", action="store_true",
-                   help="a second code from the screen above the paddle only, free for a served ball")
+                   help="a second code from the screen above the paddle only, free for a served ball "
+                        "(off: the map could not predict it, part2.md)")
     p.add_argument("--seeds-config", action="store_true",
                    help="the seeds' model: 1 past frame, 7x5 grid of 256 codes of dim 128, no skips")
     p.add_argument("--motion-weight", type=non_negative_float, default=20.0,
                    help="extra loss weight on pixel cells near motion in the past frames (ball, paddle)")
     p.add_argument("--appear-weight", type=non_negative_float, default=0.0,
-                   help="extra loss weight on cells that change far from any past motion (a served ball)")
+                   help="extra loss weight on cells that change far from any past motion (a served ball; "
+                        "0: a weight made every measure worse, part2.md)")
     p.add_argument("--keep-static", type=probability, default=0.1,
                    help="share of motionless pixel cells scored per update (reweighted; saves CPU)")
     p.add_argument("--own-context", type=probability, default=0.0,
