@@ -252,6 +252,15 @@ class PatchEmbedding(nn.Module):
         return self.proj(self.cell_bits(cells, differences).flatten(3).permute(0, 3, 1, 2))
 
 
+def encoder_trunk(width: int, rows: int, max_rows: int) -> nn.Sequential:
+    """The latent action encoder after its stem: a block, then stride-2 blocks until at most max_rows rows."""
+    layers: list[nn.Module] = [nn.SiLU(), Block(width)]
+    while rows > max_rows:
+        layers += [nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(), Block(width)]
+        rows //= 2
+    return nn.Sequential(*layers)
+
+
 class LatentActionModel(nn.Module):
     """Encoder (past, next) -> code(s); decoder (past, code(s)) -> next frame. See module docstring."""
 
@@ -297,23 +306,13 @@ class LatentActionModel(nn.Module):
         e = int(c["encoder_width"])
         enc_patch = self.patch * 2
         self.encoder_stem = PatchEmbedding(k, enc_patch, P, e)   # k differences of the k + 1 frames
-        enc_layers: list[nn.Module] = [nn.SiLU(), Block(e)]
-        size_h = padded_size(FRAME_H) // enc_patch
-        while self.grid and size_h > self.grid[0] or not self.grid and size_h > 7:
-            enc_layers += [nn.Conv2d(e, e, 3, stride=2, padding=1), nn.SiLU(), Block(e)]
-            size_h //= 2
-        self.encoder = nn.Sequential(*enc_layers)
+        self.encoder = encoder_trunk(e, padded_size(FRAME_H) // enc_patch, self.grid[0] if self.grid else 7)
         self.to_code = nn.Linear(2 * e if not self.grid else e, c["code_dim"])
         if self.event_code:
             # The same encoder over the screen above the paddle's rows only: the paddle's motion cannot
             # reach this code, so it is free for what happens elsewhere (a serve, part2.md).
             self.event_stem = PatchEmbedding(k, enc_patch, P, e)
-            event_layers: list[nn.Module] = [nn.SiLU(), Block(e)]
-            size_h = EVENT_ROWS // enc_patch
-            while size_h > 7:
-                event_layers += [nn.Conv2d(e, e, 3, stride=2, padding=1), nn.SiLU(), Block(e)]
-                size_h //= 2
-            self.event_encoder = nn.Sequential(*event_layers)
+            self.event_encoder = encoder_trunk(e, EVENT_ROWS // enc_patch, 7)
             self.to_event_code = nn.Linear(2 * e, c["code_dim"])
         self.vq = VectorQuantizer(self.num_codes, c["code_dim"], c["ema_decay"], c["commitment"])
         self.to(memory_format=torch.channels_last)  # what oneDNN convolutions run fastest on CPU
