@@ -135,10 +135,7 @@ def model_config(args: argparse.Namespace, palette: list) -> dict:
     if args.no_skips:
         config["skips"] = False
     if args.event_code:
-        if config["code_grid"]:
-            raise UserError("--event-code adds a second code to the single code: it does not combine with "
-                            "--code-grid or --seeds-config")
-        config["event_code"] = True
+        config["event_code"] = True   # with --code-grid or --seeds-config the model refuses it: a clear error
     return config
 
 

@@ -252,6 +252,11 @@ class PatchEmbedding(nn.Module):
         return self.proj(self.cell_bits(cells, differences).flatten(3).permute(0, 3, 1, 2))
 
 
+def mean_and_max(h: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, 2C): the mean keeps the overall motion, the max a small object such as the ball."""
+    return torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)
+
+
 def encoder_trunk(width: int, rows: int, max_rows: int) -> nn.Sequential:
     """The latent action encoder after its stem: a block, then stride-2 blocks until at most max_rows rows."""
     layers: list[nn.Module] = [nn.SiLU(), Block(width)]
@@ -336,16 +341,15 @@ class LatentActionModel(nn.Module):
 
     def encode_indices(self, past: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """past (B,k,H,W), nxt (B,H,W) indices -> (quantized (B, positions, dim), codes (B, positions), vq loss)."""
-        frames = self.pad(torch.cat([past, nxt[:, None]], 1))
-        h = self.encoder(self.encoder_stem(fold_cells(frames, self.encoder_stem.patch), differences=True))
+        cells = fold_cells(self.pad(torch.cat([past, nxt[:, None]], 1)), self.encoder_stem.patch)
+        h = self.encoder(self.encoder_stem(cells, differences=True))
         if self.grid:
             z = self.to_code(h.flatten(2).transpose(1, 2))                       # (B, positions, dim)
         else:
-            z = self.to_code(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))[:, None]
-        if self.event_code:
-            above = frames[..., :EVENT_ROWS, :]
-            g = self.event_encoder(self.event_stem(fold_cells(above, self.event_stem.patch), differences=True))
-            z = torch.cat([z, self.to_event_code(torch.cat([g.mean((2, 3)), g.amax((2, 3))], 1))[:, None]], 1)
+            z = self.to_code(mean_and_max(h))[:, None]
+        if self.event_code:  # the top cell rows of the same fold: the screen above the paddle
+            g = self.event_encoder(self.event_stem(cells[:, :EVENT_ROWS // self.event_stem.patch], differences=True))
+            z = torch.cat([z, self.to_event_code(mean_and_max(g))[:, None]], 1)
         B, N, D = z.shape
         self.last_z = z.detach().reshape(B * N, D)
         quantized, codes, loss = self.vq(z.reshape(B * N, D))

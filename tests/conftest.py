@@ -15,6 +15,17 @@ def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def private_data_dir(smoke_data: Path, data: Path) -> Path:
+    """A data dir at `data` that later stages may write into: a copy of smoke_data's actions/ with its
+    frames linked, not copied (04 writes its pairs into actions/)."""
+    import shutil
+
+    data.mkdir(parents=True)
+    shutil.copytree(smoke_data / "actions", data / "actions")
+    (data / "raw_gameplay").symlink_to(smoke_data / "raw_gameplay", target_is_directory=True)
+    return data
+
+
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory) -> Path:
     """A smoke recording of random play (4 episodes of 61 frames, all three splits), made once."""
@@ -31,13 +42,8 @@ def smoke_action_to_latent(smoke_data, smoke_latent, tmp_path_factory) -> Path:
     04 writes its pairs into the data dir, so both run on a private data dir, `root.parent / "data"`:
     a copy of smoke_data's actions/ with its frames linked, not copied. The root links smoke_latent's files.
     """
-    import shutil
-
     work = tmp_path_factory.mktemp("smoke_action_to_latent")
-    data, root = work / "data", work / "checkpoints"
-    data.mkdir()
-    shutil.copytree(smoke_data / "actions", data / "actions")
-    (data / "raw_gameplay").symlink_to(smoke_data / "raw_gameplay", target_is_directory=True)
+    data, root = private_data_dir(smoke_data, work / "data"), work / "checkpoints"
     (root / "latent_action").mkdir(parents=True)
     for path in (Path(smoke_latent) / "latent_action").iterdir():
         (root / "latent_action" / path.name).symlink_to(path)

@@ -18,7 +18,7 @@ from common.cli import UserError  # noqa: E402
 from common.frame_cache import cache_paths, load_frame_cache  # noqa: E402
 from common.latent_action import (BREAKOUT_PALETTE, LatentActionModel, VectorQuantizer,  # noqa: E402
                                   fold_cells, load_latent_action_model)
-from conftest import run_script  # noqa: E402
+from conftest import private_data_dir, run_script  # noqa: E402
 
 TINY = {"widths": [8, 8, 8], "encoder_width": 8}
 
@@ -73,10 +73,7 @@ def test_event_code_latents_flow_through_stages_4_5_and_play(smoke_data, tmp_pat
     from common.dataset import read_frames, require_dataset
     from common.world_model import NeuralBreakout
 
-    data, root = tmp_path / "data", tmp_path / "ck"
-    data.mkdir()
-    shutil.copytree(smoke_data / "actions", data / "actions")
-    (data / "raw_gameplay").symlink_to(smoke_data / "raw_gameplay", target_is_directory=True)
+    data, root = private_data_dir(smoke_data, tmp_path / "data"), tmp_path / "ck"
     dirs = ["--data-dir", str(data), "--checkpoint-dir", str(root)]
     for args in (("03_train_latent_action.py", "--preset", "smoke", "--event-code", "--max-steps", "8",
                   "--log-dir", str(tmp_path / "runs")),
