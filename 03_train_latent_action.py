@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, pick_device,
+from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, probability, run_main, set_threads)
 from common.frame_cache import FrameCache, load_frame_cache
 from common.io import atomic_write_json, load_checkpoint, save_checkpoint
@@ -44,7 +44,7 @@ PRESETS = {
              "collapse_check_after": 3000, "vq_warmup": 1000, "threads": None},
 }
 SEEDS_CONFIG = {"context_frames": 1, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128, "skips": False,
-                "copy_bias": False}
+                "copy_bias": False, "event_classes": 0}
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,22 +66,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--widths", default=None, help="decoder channels per level, comma-separated")
     p.add_argument("--encoder-width", type=positive_int, default=None)
     p.add_argument("--no-skips", action="store_true", help="decoder sees the past only through its bottleneck")
-    p.add_argument("--event-code", action="store_true",
-                   help="a second code from the screen above the paddle only, free for a served ball "
-                        "(off: the map could not predict it, part2.md)")
+    p.add_argument("--event-classes", type=non_negative_int, default=None,
+                   help="classes of the random event latent, drawn each step (default %d; 0: a deterministic "
+                        "decoder that averages random events away)" % DEFAULT_CONFIG["event_classes"])
+    p.add_argument("--event-kl-weight", type=non_negative_float, default=1.0,
+                   help="price of one nat of event information, in units of one pixel's cross-entropy: keeps the "
+                        "event posterior to what the prior cannot foresee")
+    p.add_argument("--event-free-nats", type=non_negative_float, default=0.1,
+                   help="event information per transition that costs nothing (free bits)")
     p.add_argument("--seeds-config", action="store_true",
                    help="the seeds' model: 1 past frame, 7x5 grid of 256 codes of dim 128, no skips")
     p.add_argument("--motion-weight", type=non_negative_float, default=20.0,
                    help="extra loss weight on pixel cells near motion in the past frames (ball, paddle)")
-    p.add_argument("--appear-weight", type=non_negative_float, default=0.0,
-                   help="extra loss weight on cells that change far from any past motion (a served ball; "
-                        "0: a weight made every measure worse, part2.md)")
+    p.add_argument("--appear-weight", type=non_negative_float, default=20.0,
+                   help="extra loss weight on cells that change far from any past motion (a served ball): with the "
+                        "event latent to say where, this is the signal that teaches it serves")
     p.add_argument("--keep-static", type=probability, default=0.1,
                    help="share of motionless pixel cells scored per update (reweighted; saves CPU)")
-    p.add_argument("--own-context", type=probability, default=0.0,
-                   help="share of updates whose newest past frames the model drew itself (scheduled sampling)")
-    p.add_argument("--own-context-depth", type=positive_int, default=3,
-                   help="at most this many of the past frames are the model's own (drawn from 1..N per update)")
     p.add_argument("--ema-decay", type=probability, default=None, help="codebook EMA decay (default 0.9)")
     p.add_argument("--dead-code-threshold", type=probability, default=0.01,
                    help="restart codes whose recent usage share is below this")
@@ -119,7 +120,8 @@ def model_config(args: argparse.Namespace, palette: list) -> dict:
     if args.seeds_config:
         config.update(SEEDS_CONFIG)
     for flag, key in (("context_frames", "context_frames"), ("num_codes", "num_codes"), ("code_dim", "code_dim"),
-                      ("encoder_width", "encoder_width"), ("ema_decay", "ema_decay"), ("patch", "patch")):
+                      ("encoder_width", "encoder_width"), ("ema_decay", "ema_decay"), ("patch", "patch"),
+                      ("event_classes", "event_classes")):
         if getattr(args, flag) is not None:
             config[key] = getattr(args, flag)
     if args.widths:
@@ -134,8 +136,8 @@ def model_config(args: argparse.Namespace, palette: list) -> dict:
             raise UserError(f"--code-grid must look like 7x5, got {args.code_grid!r}") from None
     if args.no_skips:
         config["skips"] = False
-    if args.event_code:
-        config["event_code"] = True   # with --code-grid or --seeds-config the model refuses it: a clear error
+    if args.code_grid and args.event_classes is None:
+        config["event_classes"] = 0   # the event latent conditions the single code only
     return config
 
 
@@ -170,26 +172,6 @@ class TransitionSampler:
         return self.batch(self.rng.integers(len(self), size=batch_size), extra)
 
 
-@torch.no_grad()
-def own_context(model: LatentActionModel, frames: torch.Tensor, depth: int) -> torch.Tensor:
-    """The k past frames as the model itself would have drawn their newest `depth` frames.
-
-    frames (B, k + depth, H, W) are real; starting from the oldest k, the model predicts `depth` steps
-    with the latents its encoder infers from the real frames. Training on such contexts (with the real
-    next frame as target) teaches the decoder to carry on from its own small errors, which a
-    rollout otherwise compounds until the ball fades out.
-    """
-    k = model.context_frames
-    was_training = model.training
-    model.eval()  # no codebook EMA updates from these passes
-    context = frames[:, :k]
-    for j in range(depth):
-        _, codes, _ = model.encode_indices(frames[:, j:j + k], frames[:, j + k])
-        context = torch.cat([context[:, 1:], model.predict_indices(context, codes)[:, None]], 1)
-    model.train(was_training)
-    return context
-
-
 def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: int = 8) -> torch.Tensor:
     """(B, h, w) bool: cells within `reach_px` of a pixel that changed between the past frames,
     from the past frames' cells (B, h, w, k, patch*patch) of fold_cells.
@@ -202,24 +184,48 @@ def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: i
     return F.max_pool2d(moved[:, None].float(), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0
 
 
+def event_terms(model: LatentActionModel, past: torch.Tensor, quantized: torch.Tensor):
+    """The random event latent in training: (decoder conditioning, rate KL(q || sg p), prior KL(sg q || p),
+    posterior classes drawn).
+
+    The class is drawn from the posterior q (it saw the next frame) and enters the decoder as a
+    straight-through one-hot. The prior p sees the past frames and the action code (detached: the prior's
+    loss must not reshape the action code) and learns to predict q; the rate pulls q toward what p can
+    foresee, so the event carries only what the past and the player's choice leave open.
+    """
+    q = model.event_probs(model.event_posterior_logits(model.last_cells))
+    p = model.event_probs(model.event_prior_logits(past, quantized.detach()))
+    drawn = torch.multinomial(q.detach(), 1)[:, 0] if model.training else q.argmax(-1)  # validation: repeatable
+    onehot = F.one_hot(drawn, model.event_classes).to(q.dtype)
+    conditioning = torch.cat([quantized, model.event_vectors(onehot + q - q.detach()).to(quantized.dtype)], 1)
+    rate = (q * (q.log() - p.detach().log())).sum(-1)
+    prior_kl = (q.detach() * (q.detach().log() - p.log())).sum(-1)
+    return conditioning, rate, prior_kl, drawn
+
+
 def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, motion_weight: float,
-               keep_static: float = 1.0, appear_weight: float = 0.0):
-    """Per-pixel colour cross-entropy, + the VQ loss.
+               keep_static: float = 1.0, event_kl_weight: float = 1.0, free_nats: float = 0.1,
+               appear_weight: float = 0.0):
+    """Per-pixel colour cross-entropy, + the VQ loss, + the event latent's losses.
 
     Cells near motion in the past frames (motion_cells) weigh 1 + motion_weight: that is where the
     ball and the paddle are. The weight depends on the inputs only: weighting the pixels whose target
-    differs from the last frame instead (an earlier version) rewards predicting a change wherever one
-    is possible, which drew a ball smeared over every place it might be and made it undetectable.
+    differs from the last frame instead rewards predicting a change wherever one is possible, which
+    draws a ball smeared over every place it might be.
     Cells with no motion nearby and none in the target are easy with the copy bias; only a random
     `keep_static` share of them is scored (weighted 1 / keep_static, so the loss stays unbiased),
     which saves most of the head and loss work on CPU.
-    Cells that change far from any past motion (a ball served, a digit of the score) weigh
-    1 + appear_weight. That weight does follow the target, but only where the past frames show nothing
-    that could move, so it cannot reward smearing a moving ball.
+    The event rate is priced per nat as one weight-1 pixel's cross-entropy (the reconstruction is a mean
+    over weighted pixels, so the rate is divided by the weighted pixels per frame): a served ball (8
+    pixels, ~1.1 nats of place) is worth its rate, a detail the prior can foresee is not.
+    Returns (recon, vq + event loss, codes, (logits, target, last, weight), event stats).
     """
     quantized, codes, vq_loss = model.encode_indices(past, nxt)
+    conditioning, stats = quantized, {}
+    if model.event_classes:
+        conditioning, rate, prior_kl, drawn = event_terms(model, past, quantized)
     past_cells = fold_cells(model.pad(past), model.patch)            # (B, h, w, k, patch*patch) uint8
-    features = model.decode_cell_features(past_cells, quantized)
+    features = model.decode_cell_features(past_cells, conditioning)
     target = model.fold_pixels(model.pad(nxt[:, None])[:, 0])        # uint8; the padding is class P
     last = past_cells[..., -1, :]
     near = motion_cells(model, past_cells)
@@ -235,23 +241,33 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none",
                          ignore_index=-100)
     recon = (ce * weight.reshape(-1)).sum() / weight.sum()
-    return recon, vq_loss, codes, (logits, target, last, weight)
+    latent_loss = vq_loss
+    if model.event_classes:
+        pixels_per_frame = weight.sum().detach() / len(past)
+        latent_loss = (vq_loss + event_kl_weight * rate.clamp(min=free_nats).mean() / pixels_per_frame
+                       + prior_kl.mean())
+        stats = {"event_rate": rate.mean().item(), "prior_kl": prior_kl.mean().item(), "drawn": drawn}
+    return recon, latent_loss, codes, (logits, target, last, weight), stats
 
 
 @torch.no_grad()
 def validate(model: LatentActionModel, sampler: TransitionSampler, batches: list[np.ndarray], device,
-             motion_weight: float, appear_weight: float = 0.0) -> dict:
+             args: argparse.Namespace) -> dict:
     model.eval()
-    totals, counts = {"recon": 0.0, "changed_acc": 0.0}, 0
+    totals, counts = {"recon": 0.0, "changed_acc": 0.0, "event_rate": 0.0, "prior_kl": 0.0}, 0
     codes_all, actions_all = [], []
     for rows in batches:
         past, nxt, actions = sampler.batch(rows)
         past, nxt = past.to(device), nxt.to(device)
-        recon, _, codes, (logits, target, last, _) = loss_terms(model, past, nxt, motion_weight, appear_weight=appear_weight)
+        recon, _, codes, (logits, target, last, _), stats = loss_terms(model, past, nxt, args.motion_weight, 1.0,
+                                                                        args.event_kl_weight, args.event_free_nats,
+                                                                        args.appear_weight)
         changed = target != last
         correct = (logits.argmax(-1) == target) & changed
         totals["recon"] += recon.item()
         totals["changed_acc"] += (correct.sum() / changed.sum().clamp(min=1)).item()
+        totals["event_rate"] += stats.get("event_rate", 0.0)
+        totals["prior_kl"] += stats.get("prior_kl", 0.0)
         counts += 1
         codes_all.append(codes[:, 0].cpu().numpy())
         actions_all.append(actions)
@@ -318,20 +334,21 @@ def main() -> None:
     writer = csv.writer(csv_file)
     if not args.resume:
         writer.writerow(["step", "minutes", "samples_per_s", "lr", "recon", "vq", "perplexity", "codes_used", "restarts",
-                         "train_code_purity", "train_code_separation", "val_recon", "val_changed_acc",
-                         "val_code_purity", "val_code_separation"])
+                         "train_code_purity", "train_code_separation", "event_rate", "prior_kl", "event_perplexity",
+                         "val_recon", "val_changed_acc", "val_code_purity", "val_code_separation", "val_event_rate",
+                         "val_prior_kl"])
     from torch.utils.tensorboard import SummaryWriter
     tb = SummaryWriter(str(log_dir / "tb"))
 
     budget_s = args.time_budget * 60
     use_amp = device.type == "cuda"
-    window_codes, window_actions = [], []
+    window_codes, window_actions, window_events = [], [], []
     recent_z: deque[torch.Tensor] = deque(maxlen=max(10, 1024 // args.batch_size))
     model.vq.bypass = step < args.vq_warmup
     restarts_total = 0
     start = time.time()
     last_eval, last_log, samples_since = start, start, 0
-    recent = {"recon": 0.0, "vq": 0.0, "n": 0}
+    recent = {"recon": 0.0, "vq": 0.0, "event_rate": 0.0, "prior_kl": 0.0, "n": 0}
     bar = tqdm(total=args.max_steps if args.max_steps < 10**8 else None, initial=step, desc="03 latent", unit="step")
     stop_reason = "budget"
     try:
@@ -343,16 +360,12 @@ def main() -> None:
             lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            depth = 0
-            if args.own_context and not model.vq.bypass and train.rng.random() < args.own_context:
-                depth = int(train.rng.integers(1, args.own_context_depth + 1))
-            past, nxt, actions = train.sample(args.batch_size, extra=depth)
-            if depth:
-                past = own_context(model, past.to(device), depth)
+            past, nxt, actions = train.sample(args.batch_size)
             past, nxt = past.to(device), nxt.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                recon, vq_loss, codes, _ = loss_terms(model, past, nxt, args.motion_weight, args.keep_static,
-                                                       args.appear_weight)
+                recon, vq_loss, codes, _, stats = loss_terms(model, past, nxt, args.motion_weight, args.keep_static,
+                                                              args.event_kl_weight, args.event_free_nats,
+                                                              args.appear_weight)
             loss = recon + vq_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -361,8 +374,12 @@ def main() -> None:
             samples_since += args.batch_size
             recent["recon"] += recon.item()
             recent["vq"] += vq_loss.item()
+            recent["event_rate"] += stats.get("event_rate", 0.0)
+            recent["prior_kl"] += stats.get("prior_kl", 0.0)
             recent["n"] += 1
             window_codes.append(codes[:, 0].cpu().numpy())
+            if stats:
+                window_events.append(stats["drawn"].cpu().numpy())
             window_actions.append(actions)
             recent_z.append(model.last_z)
             if model.vq.bypass and step >= args.vq_warmup:
@@ -384,10 +401,13 @@ def main() -> None:
                 row = {"step": step, "minutes": (elapsed_before + now - start) / 60, "samples_per_s": speed, "lr": lr,
                        "recon": recent["recon"] / recent["n"], "vq": recent["vq"] / recent["n"],
                        "perplexity": ppl, "codes_used": int((usage > 0).sum()), "restarts": restarts_total,
-                       "train_code_purity": table["purity"], "train_code_separation": table["separation"]}
+                       "train_code_purity": table["purity"], "train_code_separation": table["separation"],
+                       "event_rate": recent["event_rate"] / recent["n"], "prior_kl": recent["prior_kl"] / recent["n"],
+                       "event_perplexity": perplexity(np.bincount(np.concatenate(window_events), minlength=model.event_classes)
+                                                      / len(np.concatenate(window_events))) if window_events else 0.0}
                 val_row = {}
                 if now - last_eval >= args.eval_every:
-                    val_row = validate(model, val, val_batches, device, args.motion_weight, args.appear_weight)
+                    val_row = validate(model, val, val_batches, device, args)
                     last_eval = time.time()
                     if val_row["recon"] < best_val and not model.vq.bypass:
                         best_val = val_row["recon"]
@@ -396,19 +416,22 @@ def main() -> None:
                     save(out_dir / "latest.pt", model, optimizer, args, step, elapsed, best_val,
                          cache.fingerprint, train.rng)
                 writer.writerow([row[k] for k in row] + [val_row.get(k, "") for k in
-                                                         ("recon", "changed_acc", "code_purity", "code_separation")])
+                                                         ("recon", "changed_acc", "code_purity", "code_separation",
+                                                          "event_rate", "prior_kl")])
                 csv_file.flush()
                 for key, value in {**row, **{f"val_{k}": v for k, v in val_row.items()}}.items():
                     if key != "step":
                         tb.add_scalar(f"latent/{key}", value, step)
                 bar.set_postfix(recon=f"{row['recon']:.3f}", ppl=f"{ppl:.2f}", sep=f"{table['separation']:.2f}",
                                 sps=f"{speed:.0f}")
-                tqdm.write(f"step {step}: recon {row['recon']:.4f} perplexity {ppl:.2f} "
+                tqdm.write(f"step {step}: recon {row['recon']:.4f} perplexity {ppl:.2f} event rate "
+                           f"{row['event_rate']:.2f} nats, prior KL {row['prior_kl']:.2f}, event perplexity "
+                           f"{row['event_perplexity']:.1f}; "
                            f"codes per action {table['histogram_text']}"
                            + (f" | val recon {val_row['recon']:.4f} changed-pixel acc {val_row['changed_acc']:.3f}"
                               if val_row else ""))
-                window_codes, window_actions = [], []
-                recent = {"recon": 0.0, "vq": 0.0, "n": 0}
+                window_codes, window_actions, window_events = [], [], []
+                recent = {"recon": 0.0, "vq": 0.0, "event_rate": 0.0, "prior_kl": 0.0, "n": 0}
                 last_log, samples_since = time.time(), 0
                 if step >= args.collapse_check_after and model.code_positions == 1 and ppl < 1.3:
                     stop_reason = "collapse"
@@ -418,7 +441,7 @@ def main() -> None:
     bar.close()
     elapsed = elapsed_before + time.time() - start
     save(out_dir / "latest.pt", model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
-    final_val = validate(model, val, val_batches, device, args.motion_weight, args.appear_weight)
+    final_val = validate(model, val, val_batches, device, args)
     if final_val["recon"] < best_val or not (out_dir / "best.pt").exists():
         best_val = final_val["recon"]
         save(out_dir / "best.pt", model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)

@@ -4,8 +4,9 @@ Modes:
   (default)   a pygame window: SPACE fire, LEFT/RIGHT move, . no-op (also when nothing is held),
               R restart from a new real start, P pause, ESC/Q quit
   --compare   the real emulator beside the neural game, same keys, same start frames
-  --headless  no display: a policy (random, or keys:FILE) plays --steps steps into a GIF and an MP4
-  --evaluate  the end-to-end control measures on the test episodes and the play speed
+  --headless  no display: a policy (random, follow, or keys:FILE) plays --steps steps into a GIF and an MP4
+  --evaluate  the control measures on the recorded test episodes, the game measures beside the
+              real emulator (serve, ball kept, long play) and the play speed
               -> checkpoints/latent_action/control_metrics.json
 
 Start frames are real frames of a recorded test episode, so playing needs no ROM; --compare does
@@ -37,6 +38,7 @@ from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_fl
                         pick_device, positive_float, positive_int, run_main, set_threads)
 from common.control_eval import evaluate_control, measure_play_speed
 from common.dataset import actions_path, load_episodes, read_frames, read_level
+from common.game_eval import evaluate_game, follow_ball
 from common.io import atomic_write_bytes, atomic_write_json
 from common.recorder import make_env
 from common.world_model import ACTION_NAMES, NeuralBreakout
@@ -44,9 +46,9 @@ from common.world_model import ACTION_NAMES, NeuralBreakout
 NOOP, FIRE, RIGHT, LEFT = range(4)
 HUD_HEIGHT = 14  # px under the 210x160 frame in files; 210 + 14 = 224 keeps the MP4 16-aligned
 PRESETS = {  # budgets of --evaluate only; playing has no budget
-    "smoke": {"max_windows": 4, "speed_steps": 20},
-    "quick": {"max_windows": 64, "speed_steps": 300},
-    "full": {"max_windows": 256, "speed_steps": 1000},
+    "smoke": {"max_windows": 4, "speed_steps": 20, "game_starts": 2, "games": 1, "game_steps": 20},
+    "quick": {"max_windows": 64, "speed_steps": 300, "game_starts": 100, "games": 6, "game_steps": 400},
+    "full": {"max_windows": 256, "speed_steps": 1000, "game_starts": 200, "games": 16, "game_steps": 400},
 }
 
 
@@ -59,7 +61,11 @@ def parse_args() -> argparse.Namespace:
                         help="torch threads for the model; 1 is fastest at batch 1 on a busy 2-core CPU (part5.md)")
     parser.add_argument("--seed", type=int, default=0, help="start-episode choice, random policy, sampling")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0,
-                        help="latent sampling temperature: 0 = most likely latent (deterministic)")
+                        help="latent action sampling temperature: 0 = most likely latent (deterministic)")
+    parser.add_argument("--event-temperature", type=non_negative_float, default=1.0,
+                        help="random events (where a ball is served, which way an uncertain bounce goes: the world "
+                             "model's event latent and the ball committed as one object): 1 = drawn as the model "
+                             "learned them, 0 = always the most likely outcome")
     parser.add_argument("--fps", type=positive_float, default=15.0,
                         help="fixed play rate; 15 is real time at frame skip 4")
     parser.add_argument("--scale", type=positive_int, default=3, help="window pixels per frame pixel")
@@ -70,8 +76,9 @@ def parse_args() -> argparse.Namespace:
                         help="window mode: quit after this many steps (0 = play until ESC/Q)")
     parser.add_argument("--headless", action="store_true", help="no window: write a GIF and an MP4")
     parser.add_argument("--steps", type=positive_int, default=200, help="headless: steps to play")
-    parser.add_argument("--policy", default="random", help="headless: random, or keys:FILE (action names or "
-                        "0-3, whitespace-separated, NAME*N repeats; NOOP after the file ends)")
+    parser.add_argument("--policy", default="random", help="headless: random; follow (the paddle follows the ball "
+                        "it sees in the neural frames, FIRE when there is none, 15%% random actions); or keys:FILE "
+                        "(action names or 0-3, whitespace-separated, NAME*N repeats; NOOP after the file ends)")
     parser.add_argument("--output", default=None,
                         help="headless GIF path (default DATA_DIR/neural_<policy>_game.gif; an MP4 beside it)")
     parser.add_argument("--evaluate", action="store_true", help="measure control and play speed, write "
@@ -81,6 +88,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drift-steps", type=positive_int, default=50, help="evaluate: PSNR by step up to this")
     parser.add_argument("--max-windows", type=positive_int, default=None, help="evaluate: rollout start points")
     parser.add_argument("--speed-steps", type=positive_int, default=None, help="evaluate: timed steps at batch 1")
+    parser.add_argument("--game-starts", type=positive_int, default=None,
+                        help="evaluate: emulator start states of each kind (no ball at a game's start, no ball "
+                             "after a lost life, ball in play) for the game measures")
+    parser.add_argument("--games", type=positive_int, default=None, help="evaluate: long games, model and emulator")
+    parser.add_argument("--game-steps", type=positive_int, default=None, help="evaluate: steps of each long game")
     return apply_preset(parser.parse_args(), PRESETS)
 
 
@@ -173,15 +185,17 @@ def parse_keys_file(path: str) -> list[int]:
     return actions
 
 
-def make_policy(spec: str, seed: int) -> Callable[[int], int]:
-    """policy(step) -> action for headless play."""
+def make_policy(spec: str, seed: int) -> Callable[[int, np.ndarray], int]:
+    """policy(step, newest frame) -> action for headless play."""
+    rng = np.random.default_rng(seed)
     if spec == "random":
-        rng = np.random.default_rng(seed)
-        return lambda step: int(rng.integers(len(ACTION_NAMES)))
+        return lambda step, frame: int(rng.integers(len(ACTION_NAMES)))
+    if spec == "follow":
+        return lambda step, frame: follow_ball(frame, rng)
     if spec.startswith("keys:"):
         actions = parse_keys_file(spec[len("keys:"):])
-        return lambda step: actions[step] if step < len(actions) else NOOP
-    raise UserError(f"--policy must be 'random' or 'keys:FILE', got {spec!r}")
+        return lambda step, frame: actions[step] if step < len(actions) else NOOP
+    raise UserError(f"--policy must be 'random', 'follow' or 'keys:FILE', got {spec!r}")
 
 
 # ---------------------------------------------------------------- headless: GIF + MP4
@@ -213,19 +227,20 @@ def run_headless(args: argparse.Namespace, game: NeuralBreakout, episodes: list,
     game.reset(start, episode.actions[:t0])
     real = RealBreakout(args.data_dir) if args.compare else None
     real_frame = real.reset_to(episode, t0, start[-1]) if real else None
-    images, times = [], []
+    images, times, frame = [], [], start[-1]
     for step in tqdm(range(args.steps), desc="neural game", unit="step"):
-        action = policy(step)
+        action = policy(step, frame)
         begin = time.perf_counter()
-        frame = game.step(action, temperature=args.temperature)
+        frame = game.step(action, temperature=args.temperature, event_temperature=args.event_temperature)
         times.append(time.perf_counter() - begin)
         shown = [frame]
         if real:
             real_frame = real.step(action)
             shown.append(real_frame)
         label = "   left: neural, right: real" if real else ""
-        images.append(with_hud(shown, f"{step + 1:4d} {ACTION_NAMES[action]:<5s} T={args.temperature:g}{label}"))
-    name = "random" if args.policy == "random" else "keys"
+        images.append(with_hud(shown, f"{step + 1:4d} {ACTION_NAMES[action]:<5s} T={args.temperature:g} "
+                                      f"E={args.event_temperature:g}{label}"))
+    name = args.policy if args.policy in ("random", "follow") else "keys"
     gif_path = Path(args.output) if args.output else Path(args.data_dir) / f"neural_{name}_game.gif"
     mp4_path = write_videos(images, gif_path, args.fps)
     ms = np.array(times) * 1000
@@ -274,7 +289,7 @@ def run_window(args: argparse.Namespace, game: NeuralBreakout, episodes: list, r
             held = pygame.key.get_pressed()
             action = action_from_keys(lambda key: held[key] or key in tapped)
             begin = time.perf_counter()
-            frame = game.step(action, temperature=args.temperature)
+            frame = game.step(action, temperature=args.temperature, event_temperature=args.event_temperature)
             model_ms = (time.perf_counter() - begin) * 1000
             if real:
                 real_frame = real.step(action)
@@ -284,6 +299,7 @@ def run_window(args: argparse.Namespace, game: NeuralBreakout, episodes: list, r
             screen.blit(pygame.transform.scale(surface, (width, height)), (i * width, 0))
         screen.fill((0, 0, 0), (0, height, width * panels, hud))
         status = (f"step {step}  action {ACTION_NAMES[action]}  T={args.temperature:g}  "
+                  f"events T={args.event_temperature:g}  "
                   f"{clock.get_fps():4.1f} fps  model {model_ms:4.1f} ms" + ("  PAUSED" if paused else "")
                   + ("   | left: neural, right: real" if real else ""))
         screen.blit(font.render(status, True, (255, 255, 255)), (6, height + 6))
@@ -300,13 +316,59 @@ def _percent(share: float | None) -> str:
     return "n/a" if share is None else f"{share:.1%}"
 
 
+def game_headline(measures: dict) -> dict:
+    """The game measures' headline figures (neural game; the emulator's where they differ from a constant)."""
+    serve, in_play, long_play = measures["serve"], measures["ball_in_play"], measures["long_play"]["total"]
+    return {
+        "serve_within_10_steps_game_start": serve["game_start"]["served_within_10_steps"]["neural"],
+        "serve_within_10_steps_after_lost_life": serve["after_lost_life"]["served_within_10_steps"]["neural"],
+        "serve_x_tv_distance": serve["all"]["serve_x_tv"],
+        "serve_within_10_noops_without_fire": serve["noop_only"]["neural"],
+        "ball_kept": in_play["open_loop"]["ball_kept_when_emulator_ball"],
+        "ball_within_4px_before_first_random_event": in_play["open_loop"]["ball_within_4px_before_first_event"],
+        "long_play_one_ball_share": long_play["neural"]["one_ball_share"],
+        "long_play_one_ball_share_emulator": long_play["emulator"]["one_ball_share"],
+        "long_play_bricks_back": long_play["neural"]["bricks_back"],
+    }
+
+
+def print_game_measures(measures: dict) -> None:
+    serve, in_play, games = measures["serve"], measures["ball_in_play"], measures["long_play"]
+    for kind in ("game_start", "after_lost_life"):
+        s = serve[kind]
+        print(f"serve ({kind.replace('_', ' ')}, {s['starts']} emulator states, FIRE then NOOPs): ball within 10 "
+              f"steps {_percent(s['served_within_10_steps']['neural'])} (emulator "
+              f"{_percent(s['served_within_10_steps']['emulator'])}); served x TV distance "
+              f"{'n/a' if s['serve_x_tv'] is None else format(s['serve_x_tv'], '.2f')}")
+    print(f"10 NOOPs without FIRE: a ball within 10 steps {_percent(serve['noop_only']['neural'])} "
+          f"(emulator {_percent(serve['noop_only']['emulator'])})")
+    for mode in ("open_loop", "teacher_forced"):
+        scores = in_play[mode]
+        if scores:
+            print(f"ball in play, {in_play['windows']} windows of {in_play['steps']} steps, events "
+                  f"{'drawn from the prior' if mode == 'open_loop' else 'inferred from the real frames'}: "
+                  f"ball kept {_percent(scores['ball_kept_when_emulator_ball'])}, within 4 px before the first "
+                  f"random event {_percent(scores['ball_within_4px_before_first_event'])} (overall "
+                  f"{_percent(scores['ball_within_4px'])})")
+    for side in ("neural", "emulator"):
+        total = games["total"][side]
+        print(f"long play, {games['games']} games of {games['steps']} steps, {side}: one ball in play "
+              f"{_percent(total['one_ball_share'])}, serves {total['serves']}, bricks broken "
+              f"{total['bricks_broken']}, bricks back {total['bricks_back']}, lives lost {total['lives_lost']}, "
+              f"score {total['score_gained']}, digit changes without cause {total['digit_changes_without_cause']}")
+
+
 def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list, split: str,
                  rng: np.random.Generator) -> None:
     try:
         control = evaluate_control(game, episodes, control_steps=args.control_steps,
-                                   drift_steps=args.drift_steps, max_windows=args.max_windows)
+                                   drift_steps=args.drift_steps, max_windows=args.max_windows,
+                                   event_temperature=args.event_temperature)
     except ValueError as err:
         raise UserError(f"{err}: record longer episodes with 02_record_videos.py or lower --drift-steps") from None
+    game_measures = evaluate_game(game, n_starts=max(args.game_starts, args.games), games=args.games,
+                                  game_steps=args.game_steps, window_steps=args.control_steps, seed=args.seed,
+                                  event_temperature=args.event_temperature)
     _, _, start = pick_start(episodes, game.context_frames, rng, random_start=False)
     speeds = {}
     for threads in sorted({1, os.cpu_count() or 1, args.threads}):
@@ -329,8 +391,10 @@ def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list,
         "play_fps": speed["fps"],
         "play_cpu_ms_per_step": speed["cpu_ms_per_step_p50"],
         "play_load_average": speed["load_average_1min"],
+        **game_headline(game_measures),
         "split": split,
         "play_threads": args.threads,
+        "game": game_measures,
         "details": {**control, "speed_by_threads": speeds, "preset": args.preset},
     }
     if "inferred_latents" in control:
@@ -347,6 +411,7 @@ def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list,
           f"({control['real_ball_visible_share']:.0%}): ball {_percent(ours['ball_within_4px_when_real_ball_visible'])}")
     print(f"PSNR step 1 {ours['psnr_db_by_step'][0]:.2f} dB, step {len(ours['psnr_db_by_step'])} "
           f"{ours['psnr_db_by_step'][-1]:.2f} dB")
+    print_game_measures(game_measures)
     for name, measured in speeds.items():
         print(f"play ({name.replace('_', ' ')}): p50 {measured['latency_ms_p50']:.1f} ms, "
               f"p95 {measured['latency_ms_p95']:.1f} ms, {measured['fps']:.0f} fps; CPU time per step "

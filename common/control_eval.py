@@ -1,7 +1,8 @@
 """End-to-end "control" measures: does the neural game obey the real actions the way the real game did?
 
 From real start frames of the test episodes, the recorded real actions are fed through the
-action->latent model and the world model (temperature 0), and each generated frame is compared with
+action->latent model and the world model (latent action at temperature 0, random events drawn from
+the prior at temperature 1 with the game's seeded generator), and each generated frame is compared with
 the real recording at the same step:
 
 - paddle: match when the paddle x found in both frames differs by at most 3 px;
@@ -12,8 +13,9 @@ the real recording at the same step:
 Beside them, to read the numbers honestly:
 - `copy_last_frame`: the same matches for a "model" that never moves anything (the last real frame
   repeated): a paddle score near it means the model does not follow the keys;
-- `inferred_latents`: the same rollouts with the latents the Stage 3 encoder infers from the real
-  frames: the world model's own limit, without the action->latent map;
+- `inferred_latents`: the same rollouts with the latents (action code and random event) the Stage 3
+  encoder infers from the real frames: the world model's own limit, without the action->latent map
+  and without the prior's draws;
 - the share of steps where the real ball is visible, and the ball match on those steps only;
 - the share of steps where the real paddle is more than 3 px from where it started, and the paddle
   match on those steps only: there the model must have moved the paddle as the actions said.
@@ -115,7 +117,8 @@ def _summary(scores: list[dict[str, np.ndarray]], ball_visible: np.ndarray, padd
 
 
 def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30, drift_steps: int = 50,
-                     max_windows: int = 64, batch_size: int = 8, with_inferred_latents: bool = True) -> dict[str, Any]:
+                     max_windows: int = 64, batch_size: int = 8, with_inferred_latents: bool = True,
+                     event_temperature: float = 1.0) -> dict[str, Any]:
     """Roll the neural game out from real starts with the recorded actions and score it against the recording.
 
     `game` is a NeuralBreakout; rollouts run at temperature 0, batched `batch_size` windows at a time.
@@ -140,16 +143,19 @@ def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30
                                       for b in range(len(chunk))]))
 
         generated = _rollout(lambda p, s: game.step_batch(p, actions[:, s], 0.0, previous[:, s],
-                                                              None if knob is None else knob[:, s]), past, horizon)
+                                                          None if knob is None else knob[:, s], event_temperature),
+                             past, horizon)
         results["action_to_latent"].append(_score(generated, real, control_steps))
         still = np.repeat(past[:, -1:].numpy(), horizon, axis=1)
         results["copy_last_frame"].append(_score(still, real, control_steps))
         if with_inferred_latents:
             def inferred_step(p: torch.Tensor, s: int) -> torch.Tensor:
                 """The world model on its own output, with the latent the encoder infers from real frames s..k+s."""
+                model = game.latent_model
                 with torch.inference_mode():
-                    codes = game.latent_model.encode(clips[:, s:k + s], clips[:, k + s])
-                return game.predict(p, codes)
+                    codes = model.encode(clips[:, s:k + s], clips[:, k + s])
+                    events = model.encode_event(clips[:, s:k + s], clips[:, k + s]) if model.event_classes else None
+                return game.predict(p, codes, events)
 
             results["inferred_latents"].append(_score(_rollout(inferred_step, past, horizon), real, control_steps))
 
@@ -161,6 +167,7 @@ def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30
         "control_steps": control_steps,
         "drift_steps": horizon,
         "temperature": 0.0,
+        "event_temperature": event_temperature,
         "real_ball_visible_share": float(visible.mean()),
         "real_paddle_moved_share": float(moved.mean()),
         "rules": "paddle: |x_pred - x_real| <= 3 px; ball: Euclidean distance <= 4 px; found in neither frame "

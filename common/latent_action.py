@@ -5,14 +5,24 @@ predicted as one colour class per pixel. The decoder outputs class logits at nat
 prediction is the most likely class per pixel, which keeps generated frames crisp: blur cannot pile
 up over a long rollout because every generated frame is again a valid palette image.
 
-  encoder:  (k past frames, next frame) -> one code per transition (or a grid of codes, seeds' mode)
-            optionally a second code from the screen above the paddle (event_code: a served ball)
-  decoder:  (k past frames, code)       -> next frame
+  encoder:  (k past frames, next frame) -> one action code per transition (or a grid of codes, seeds' mode)
+  event:    posterior (k past frames, next frame, screen above the paddle) -> one of E random-event classes
+            prior     (k past frames, action code)                         -> a distribution over them
+  decoder:  (k past frames, action code, event class)                      -> next frame
 
 Both work at a low internal resolution without throwing pixels away: the one-hot frames are folded
 into channels with space-to-depth (a patch convolution), and the decoder unfolds its output back to
 native pixels with pixel_shuffle. The code is the only path from the next frame to the decoder, so a
 small codebook forces it to carry what the past cannot predict: the player's choice.
+
+Breakout also has events that neither the past frames nor the player decide: where a served ball
+appears (one of three places), which way an uncertain bounce goes. A deterministic decoder averages
+such outcomes, and the per-pixel argmax of an average draws no ball at all. The random event latent
+commits to one outcome instead (DreamerV3's discrete stochastic latent): in training its class is
+drawn from a posterior that sees the next frame, and a prior that sees only the past frames and the
+action code learns to predict it; in play the class is drawn from the prior, and the decoder draws
+that one outcome. The posterior sees the screen above the paddle only, so the paddle's motion, the
+player's choice, cannot leak into it: that stays the action code's job.
 """
 from __future__ import annotations
 
@@ -27,7 +37,8 @@ import torch.nn.functional as F
 from common.cli import UserError
 
 FRAME_H, FRAME_W = 210, 160
-EVENT_ROWS = 192   # rows of the padded 224-row frame that the event code sees: original rows 0-184, above the paddle (189-192)
+EVENT_ROWS = 192   # rows of the padded 224-row frame the event posterior sees: original rows 0-184, above the paddle (189-192)
+UNIMIX = 0.01      # share of a uniform distribution mixed into event probabilities (finite KL, DreamerV3)
 STAGE = "03_train_latent_action.py"
 CHECKPOINT_KIND = "latent_action"
 
@@ -40,7 +51,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_codes": 8,             # codebook size
     "code_dim": 16,             # codebook vector size
     "code_grid": None,          # None: one code per transition; [rows, cols]: a grid of codes (seeds: [7, 5])
-    "event_code": False,        # a second code, from the screen above the paddle only (a served ball)
+    "event_classes": 16,        # classes of the random event latent (0: a deterministic decoder)
     "patch": 8,                 # space-to-depth factor of the first level (8: 1.4-2x the samples/s of 4, and better, part2.md)
     "widths": [64, 96, 128],    # channels at 1/8, 1/16, 1/32 of the padded 224x160 frame
     "encoder_width": 48,        # channels of the latent action encoder
@@ -278,10 +289,11 @@ class LatentActionModel(nn.Module):
         self.context_frames = int(c["context_frames"])
         self.num_codes = int(c["num_codes"])
         self.grid = tuple(c["code_grid"]) if c["code_grid"] else None
-        self.event_code = bool(c.get("event_code", False))
-        if self.event_code and self.grid:
-            raise ValueError("event_code adds a second code to the single code; it does not combine with code_grid")
-        self.code_positions = self.grid[0] * self.grid[1] if self.grid else 1 + self.event_code
+        self.event_classes = int(c.get("event_classes", 0))
+        if self.event_classes and self.grid:
+            raise ValueError("the random event latent conditions the single action code; it does not combine "
+                             "with code_grid (set event_classes to 0)")
+        self.code_positions = self.grid[0] * self.grid[1] if self.grid else 1
         self.patch = int(c["patch"])
         self.pad_h, self.pad_w = padded_size(FRAME_H) - FRAME_H, padded_size(FRAME_W) - FRAME_W
         widths, P, k = list(c["widths"]), self.num_colours, self.context_frames
@@ -302,7 +314,7 @@ class LatentActionModel(nn.Module):
                                    for i in range(levels - 1))
         self.ups = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 1) for i in range(levels - 1))
         self.up_blocks = nn.ModuleList(Block(w) for w in widths[:-1])
-        code_in = c["code_dim"] * (1 if self.grid else self.code_positions)     # the codes side by side
+        code_in = c["code_dim"] * (1 if self.grid else 1 + bool(self.event_classes))  # action code, event side by side
         self.code_in = nn.ModuleList(nn.Linear(code_in, 2 * w) for w in widths)  # FiLM: scale, shift
         self.head = nn.Linear(widths[0], self.patch ** 2 * P)
         self.copy_weight = nn.Parameter(torch.tensor(4.0)) if c["copy_bias"] else None
@@ -313,12 +325,26 @@ class LatentActionModel(nn.Module):
         self.encoder_stem = PatchEmbedding(k, enc_patch, P, e)   # k differences of the k + 1 frames
         self.encoder = encoder_trunk(e, padded_size(FRAME_H) // enc_patch, self.grid[0] if self.grid else 7)
         self.to_code = nn.Linear(2 * e if not self.grid else e, c["code_dim"])
-        if self.event_code:
-            # The same encoder over the screen above the paddle's rows only: the paddle's motion cannot
-            # reach this code, so it is free for what happens elsewhere (a serve, part2.md).
+        if self.event_classes:
+            E, enc_rows = self.event_classes, padded_size(FRAME_H) // enc_patch
+            # posterior: the same encoder over the screen above the paddle's rows, (past, next) differences
             self.event_stem = PatchEmbedding(k, enc_patch, P, e)
             self.event_encoder = encoder_trunk(e, EVENT_ROWS // enc_patch, 7)
-            self.to_event_code = nn.Linear(2 * e, c["code_dim"])
+            self.to_event_logits = nn.Linear(2 * e, E)
+            self.event_embedding = nn.Linear(E, c["code_dim"], bias=False)   # one-hot in: straight-through
+            # and a map over the bottleneck's grid: a ball served from nothing needs a place on the
+            # screen, which a per-channel FiLM alone cannot give it
+            self.event_to_map = nn.Linear(c["code_dim"], widths[-1] * self.bottom_h * self.bottom_w)
+            # prior: the k past frames themselves (where the ball is, not only how it moves), kept on
+            # their spatial grid so that it knows where on the screen things are, plus the action code
+            self.prior_stem = PatchEmbedding(k, enc_patch, P, e)
+            self.prior_encoder = encoder_trunk(e, enc_rows, 7)
+            rows, cols = enc_rows, padded_size(FRAME_W) // enc_patch
+            while rows > 7:   # the trunk's stride-2 steps (encoder_trunk)
+                rows, cols = -(-rows // 2), -(-cols // 2)
+            grid_cells = rows * cols
+            self.prior_head = nn.Sequential(nn.Linear(e * grid_cells + c["code_dim"], 256), nn.SiLU(),
+                                            nn.Linear(256, E))
         self.vq = VectorQuantizer(self.num_codes, c["code_dim"], c["ema_decay"], c["commitment"])
         self.to(memory_format=torch.channels_last)  # what oneDNN convolutions run fastest on CPU
 
@@ -347,13 +373,54 @@ class LatentActionModel(nn.Module):
             z = self.to_code(h.flatten(2).transpose(1, 2))                       # (B, positions, dim)
         else:
             z = self.to_code(mean_and_max(h))[:, None]
-        if self.event_code:  # the top cell rows of the same fold: the screen above the paddle
-            g = self.event_encoder(self.event_stem(cells[:, :EVENT_ROWS // self.event_stem.patch], differences=True))
-            z = torch.cat([z, self.to_event_code(mean_and_max(g))[:, None]], 1)
         B, N, D = z.shape
         self.last_z = z.detach().reshape(B * N, D)
         quantized, codes, loss = self.vq(z.reshape(B * N, D))
+        self.last_cells = cells
         return quantized.view(B, N, D), codes.view(B, N), loss
+
+    # ----- random event latent --------------------------------------------------------------------
+
+    def event_posterior_logits(self, cells: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, k+1, cell) cells of (past, next) at the encoder's fold -> (B, E) posterior logits.
+
+        Only the cell rows above the paddle: the player's choice shows at the paddle and stays out."""
+        rows = EVENT_ROWS // self.event_stem.patch
+        return self.to_event_logits(mean_and_max(self.event_encoder(self.event_stem(cells[:, :rows], differences=True))))
+
+    def event_prior_logits(self, past: torch.Tensor, action_vectors: torch.Tensor) -> torch.Tensor:
+        """past (B, k, H, W) indices, action code vectors (B, 1, dim) -> (B, E) prior logits."""
+        cells = fold_cells(self.pad(past), self.prior_stem.patch)
+        h = self.prior_encoder(self.prior_stem(cells))
+        return self.prior_head(torch.cat([h.flatten(1), action_vectors.flatten(1)], 1))
+
+    def event_vectors(self, onehot: torch.Tensor) -> torch.Tensor:
+        """(B, E) one-hot (or straight-through sample) -> (B, 1, dim), joined to the action code's vector."""
+        return self.event_embedding(onehot)[:, None]
+
+    def conditioning(self, action_vectors: torch.Tensor, events: torch.Tensor | None) -> torch.Tensor:
+        """The decoder's conditioning: action code vectors, and the event class's vector when the model has one.
+
+        events: (B,) int64 classes; None for a model without the event latent."""
+        if not self.event_classes:
+            return action_vectors
+        if events is None:
+            raise ValueError("this world model draws a random event each step: pass its class (events)")
+        onehot = F.one_hot(events.long(), self.event_classes).to(self.event_embedding.weight.dtype)
+        return torch.cat([action_vectors, self.event_vectors(onehot)], 1)
+
+    @staticmethod
+    def event_probs(logits: torch.Tensor) -> torch.Tensor:
+        """Softmax with a 1% uniform mix, so a KL between two such distributions stays finite."""
+        return (1 - UNIMIX) * logits.float().softmax(-1) + UNIMIX / logits.shape[-1]
+
+    def sample_event(self, logits: torch.Tensor, temperature: float = 1.0,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, E) logits -> (B,) classes drawn at `temperature` (0: the most likely class)."""
+        if temperature == 0:
+            return logits.argmax(-1)
+        probs = self.event_probs(logits.float() / temperature)
+        return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
 
     # ----- decoder --------------------------------------------------------------------------------
 
@@ -370,6 +437,8 @@ class LatentActionModel(nn.Module):
             if i < len(self.downs):
                 skips.append(h if self.config["skips"] else None)
                 h = F.silu(self.downs[i](h))
+        if self.event_classes:
+            h = h + self.event_to_map(code_vectors[:, 1]).view(h.shape)
         h = self.condition(h, code_vectors, len(self.code_in) - 1)
         for i in reversed(range(len(self.ups))):
             h = F.interpolate(self.ups[i](h), scale_factor=2.0, mode="nearest")
@@ -437,9 +506,11 @@ class LatentActionModel(nn.Module):
         return self.vq.codebook[codes.long()]
 
     def forward(self, past: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass on class indices: (folded logits, see decode_logits; codes (B, positions); vq loss)."""
+        """Teacher-forced pass on class indices (the event class from the posterior's argmax):
+        (folded logits, see decode_logits; codes (B, positions); vq loss)."""
         quantized, codes, vq_loss = self.encode_indices(past, nxt)
-        return self.decode_logits(past, quantized), codes, vq_loss
+        events = self.event_posterior_logits(self.last_cells).argmax(-1) if self.event_classes else None
+        return self.decode_logits(past, self.conditioning(quantized, events)), codes, vq_loss
 
     # ----- public uint8 API -------------------------------------------------------------------
 
@@ -451,23 +522,65 @@ class LatentActionModel(nn.Module):
         return codes.long()
 
     @torch.no_grad()
-    def predict_indices(self, past: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """past (B,k,H,W) class indices, codes (B, positions) -> next frame class indices (B,H,W) uint8."""
+    def infer_latents(self, past: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """past (B,k,H,W), nxt (B,H,W) class indices -> (action codes (B, positions), the posterior's most
+        likely event classes (B,) or None without the event latent): what the real next frame shows."""
+        _, codes, _ = self.encode_indices(past, nxt)
+        events = self.event_posterior_logits(self.last_cells).argmax(-1) if self.event_classes else None
+        return codes, events
+
+    @torch.no_grad()
+    def encode_event(self, past: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        """past (B,k,210,160,3) uint8, nxt (B,210,160,3) uint8 -> the posterior's event classes (B,) int64:
+        the outcome the real next frame shows (teacher forcing)."""
+        if not self.event_classes:
+            raise ValueError("this world model has no random event latent")
+        device = self.vq.codebook.device
+        return self.infer_latents(self.to_index(past.to(device)), self.to_index(nxt.to(device)))[1]
+
+    @torch.no_grad()
+    def event_prior(self, past: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """past (B,k,H,W) class indices, action codes (B, 1) -> the prior's event logits (B, E)."""
+        return self.event_prior_logits(past, self.code_vectors(codes))
+
+    @torch.no_grad()
+    def predict_indices(self, past: torch.Tensor, codes: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """past (B,k,H,W) class indices, codes (B, positions), event classes (B,) -> next frame class
+        indices (B,H,W) uint8. Without events a model with the event latent takes the prior's most likely class."""
+        return self.predict_with_probability(past, codes, events)[0]
+
+    @torch.no_grad()
+    def predict_with_probability(self, past: torch.Tensor, codes: torch.Tensor, events: torch.Tensor | None = None,
+                                 colour: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """predict_indices(), and with `colour` that colour class's probability at every pixel (B,H,W) float
+        (copy bias included): where the model thinks an object of that colour may be."""
+        vectors = self.code_vectors(codes)
+        if self.event_classes and events is None:
+            events = self.event_prior_logits(past, vectors).argmax(-1)
         past_cells = fold_cells(self.pad(past), self.patch)
-        features = self.decode_cell_features(past_cells, self.code_vectors(codes))
+        features = self.decode_cell_features(past_cells, self.conditioning(vectors, events))
         logits = self.head(features).unflatten(-1, (self.patch ** 2, self.num_colours))
         best, cells = logits.max(-1)
         if self.copy_weight is not None:  # the copy bonus decides only where the last colour then wins
             last = past_cells[:, :, :, -1].clamp(max=self.num_colours - 1).long()
             keep = logits.gather(-1, last[..., None])[..., 0] + self.copy_weight >= best
             cells = torch.where(keep, last, cells)
-        return self.unfold_pixels(cells.to(torch.uint8))
+        classes = self.unfold_pixels(cells.to(torch.uint8))
+        if colour is None:
+            return classes, None
+        if self.copy_weight is not None:
+            logits = logits.scatter_add(-1, last[..., None], self.copy_weight.expand(last[..., None].shape).to(logits.dtype))
+        cells = logits.float().softmax(-1)[..., colour]                                   # (B, h, w, patch*patch)
+        frame = F.pixel_shuffle(cells.permute(0, 3, 1, 2).contiguous(), self.patch)[:, 0]
+        return classes, self.crop(frame)
 
     @torch.no_grad()
-    def predict(self, past: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """past (B,k,210,160,3) uint8, codes (B, code_positions) int64 -> next frame (B,210,160,3) uint8."""
+    def predict(self, past: torch.Tensor, codes: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """past (B,k,210,160,3) uint8, codes (B, code_positions) int64, event classes (B,) or None (the
+        prior's most likely) -> next frame (B,210,160,3) uint8."""
         device = self.vq.codebook.device
-        index = self.predict_indices(self.to_index(past.to(device)), codes.to(device))
+        index = self.predict_indices(self.to_index(past.to(device)), codes.to(device),
+                                     None if events is None else events.to(device))
         return self.palette.to_rgb(index)
 
 
@@ -483,11 +596,15 @@ def load_latent_action_model(checkpoint_root: str | Path, device: str | torch.de
     if which not in ("best", "latest"):
         raise UserError(f"which must be 'best' or 'latest', got {which!r}")
     payload = load_checkpoint(checkpoint_dir(checkpoint_root) / f"{which}.pt", CHECKPOINT_KIND, STAGE)
+    path = checkpoint_dir(checkpoint_root) / f"{which}.pt"
+    if isinstance(payload.get("config"), dict) and "event_classes" not in payload["config"]:
+        raise UserError(f"{path} was trained by an earlier version, without the random event latent that "
+                        f"serves the ball: re-run {STAGE}, then 04 and 05")
     try:
         model = LatentActionModel(payload["config"])
         model.load_state_dict(payload["model"])
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
-        raise UserError(f"{checkpoint_dir(checkpoint_root) / f'{which}.pt'} does not match this code "
+        raise UserError(f"{path} does not match this code "
                         f"({type(err).__name__}): re-run {STAGE}") from None
     return model.to(device).eval()
 

@@ -1,4 +1,4 @@
-"""Held-out evaluation of the latent action model (DESIGN.md, "Measures"), on the test episodes.
+"""Held-out evaluation of the latent action model, on the test episodes.
 
 - one-step PSNR / SSIM with latents inferred by the encoder, beside the copy-last-frame baseline;
 - delta-PSNR (Genie's controllability): a 4-step rollout with inferred latents minus one with random latents;
@@ -54,9 +54,9 @@ def _one_step(model, frames: np.ndarray, t: np.ndarray, device, batch: int = 64)
         tt = t[i:i + batch]
         past = torch.from_numpy(_windows(frames, k, tt)).to(device)
         nxt = torch.from_numpy(frames[tt + 1]).to(device)
-        _, c, _ = model.encode_indices(past, nxt)
+        c, events = model.infer_latents(past, nxt)
         codes.append(c.cpu().numpy())
-        preds.append(model.predict_indices(past, c).cpu().numpy())
+        preds.append(model.predict_indices(past, c, events).cpu().numpy())
     return np.concatenate(codes), np.concatenate(preds)
 
 
@@ -65,7 +65,8 @@ def rollout(model, frames: np.ndarray, starts: np.ndarray, steps: int, device, c
             generator: torch.Generator | None = None) -> np.ndarray:
     """Roll the decoder forward `steps` times from the real frames at each start (its context ends there).
 
-    Codes come from the encoder on the real video ("inferred") or uniformly at random ("random").
+    Codes (and random events) come from the encoder on the real video ("inferred"), or the codes uniformly
+    at random and the events from the prior's most likely class ("random").
     Returns generated class frames (len(starts), steps, H, W).
     """
     k = model.context_frames
@@ -75,10 +76,11 @@ def rollout(model, frames: np.ndarray, starts: np.ndarray, steps: int, device, c
         t = starts + s
         if codes_mode == "inferred":
             real_past = torch.from_numpy(_windows(frames, k, t)).to(device)
-            _, codes, _ = model.encode_indices(real_past, torch.from_numpy(frames[t + 1]).to(device))
+            codes, events = model.infer_latents(real_past, torch.from_numpy(frames[t + 1]).to(device))
         else:
             codes = torch.randint(model.num_codes, (len(starts), model.code_positions), generator=generator)
-        nxt = model.predict_indices(context, codes.to(device))
+            events = None
+        nxt = model.predict_indices(context, codes.to(device), events)
         out.append(nxt.cpu().numpy())
         context = torch.cat([context[:, 1:], nxt[:, None]], 1)
     return np.stack(out, 1)

@@ -1,16 +1,19 @@
 """NeuralBreakout: Breakout played inside the learned world model, with no emulator in the loop.
 
 One step: the action->latent model (Stages 4-5) turns the player's action, and the recent frames
-when it uses them, into a latent action; the dynamics decoder of the latent action model (Stage 3)
-turns the past frames plus that latent into the next frame. The decoder picks one palette colour
-per pixel, so a generated frame is a valid Breakout image when it is appended to the context: the
-game runs on its own output without blur piling up.
+when it uses them, into a latent action; the world model's prior (Stage 3) draws the step's random
+event (where a served ball appears, which way an uncertain bounce goes) with the game's own seeded
+generator; the dynamics decoder turns the past frames plus both latents into the next frame. The
+decoder picks one palette colour per pixel, so a generated frame is a valid Breakout image when it is
+appended to the context: the game runs on its own output without blur piling up. The same seed and
+the same actions replay the same game.
 
-The window, the headless GIF writer, the control measures, the tests and the benchmark all drive the
-model through this one object (DESIGN.md, stage 06).
+The window, the headless GIF writer, the control and game measures, the tests and the benchmark all
+drive the model through this one object.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ import numpy as np
 import torch
 
 from common.action_to_latent import KNOB_START, knob_positions
+from common.ball_sampler import commit_ball
+from common.detectors import RED
 
 FRAME_SHAPE = (210, 160, 3)
 ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")  # Breakout's minimal action set
@@ -68,6 +73,9 @@ class NeuralBreakout:
         self.previous_count = int(getattr(action_model, "previous_actions", 0))  # earlier actions the map reads
         self.knob_frame_skip = int(getattr(action_model, "knob_frame_skip", 0))   # > 0: the map reads the knob
         self.palette = latent_model.palette.rgb.to(latent_model.vq.codebook.device)  # (colours, 3) uint8
+        colours = [tuple(c) for c in latent_model.palette.rgb.tolist()]
+        self.ball_class = colours.index(RED) if RED in colours else None           # None: no ball to commit
+        self.background_class = colours.index((0, 0, 0)) if (0, 0, 0) in colours else 0
         self.generator = torch.Generator().manual_seed(seed)
         self.frames: torch.Tensor | None = None   # (1, k, 210, 160, 3) uint8 RGB, oldest first
         self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
@@ -90,10 +98,13 @@ class NeuralBreakout:
         check_compatible(action_model, latent_model)
         return cls(latent_model, action_model, seed=seed)
 
-    def reset(self, frames: np.ndarray, previous_actions: Any = None) -> None:
+    def reset(self, frames: np.ndarray, previous_actions: Any = None, seed: int | None = None) -> None:
         """Start from `context_frames` real RGB frames, (k, 210, 160, 3) uint8, oldest first, and
         optionally the actions that led to them since the game began (oldest first). Missing ones count
-        as NOOP, and the paddle knob then starts in the middle, where a new game puts it."""
+        as NOOP, and the paddle knob then starts in the middle, where a new game puts it.
+        A seed restarts the random events' generator (otherwise it carries on from the last game)."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
         self.frames = torch.from_numpy(check_frames(frames, self.context_frames)[None].copy())
         self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)
         given = [] if previous_actions is None else [check_action(a) for a in previous_actions]
@@ -105,17 +116,20 @@ class NeuralBreakout:
             self.indices = self.latent_model.to_index(self.frames).cpu()
         self.steps = 0
 
-    def step(self, action: int, temperature: float = 0.0) -> np.ndarray:
+    def step(self, action: int, temperature: float = 0.0, event_temperature: float = 1.0) -> np.ndarray:
         """Advance one agent step (4 emulator frames) with `action`; return the new (210, 160, 3) uint8 frame.
 
         temperature 0 takes the most likely latent action (deterministic); > 0 samples from the
         action->latent model's distribution sharpened or flattened by the temperature.
+        event_temperature 1 draws the random event from the world model's prior as learned; 0 takes its
+        most likely class (a game without chance: a served ball always lands in the same place).
         """
         if self.frames is None:
             raise RuntimeError("call reset(frames) before step()")
         action = check_action(action)
         codes = self.latents(self.frames, torch.tensor([action]), temperature, self.previous, torch.tensor([self.knob]))
-        rgb, index = self._decode(self.indices, codes)
+        events = self.events(self.indices, codes, event_temperature)
+        rgb, index = self._decode(self.indices, codes, events, event_temperature)
         self.previous = torch.cat([self.previous[:, 1:], torch.tensor([[action]])], dim=1)
         if self.knob_frame_skip:
             self.knob = float(knob_positions([action], self.knob_frame_skip, start=self.knob)[-1])
@@ -126,13 +140,34 @@ class NeuralBreakout:
 
     def step_batch(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
                    temperature: float = 0.0, previous: np.ndarray | torch.Tensor | None = None,
-                   knob: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+                   knob: np.ndarray | torch.Tensor | None = None, event_temperature: float = 1.0,
+                   events: torch.Tensor | None = None) -> torch.Tensor:
         """Stateless step(): past (B, k, 210, 160, 3) uint8 RGB, actions (B,), previous actions
         (B, previous_count) or None, knob positions (B,) or None -> next frames (B, 210, 160, 3) uint8.
 
-        The control measures roll out many start points at once with it.
+        The random events are drawn from the prior (the game's generator), or given as `events` (B,)
+        classes, e.g. the posterior's from real frames (teacher forcing). The control measures roll
+        out many start points at once with it.
         """
-        return self.predict(past, self.latents(past, actions, temperature, previous, knob))
+        codes = self.latents(past, actions, temperature, previous, knob)
+        with torch.inference_mode():
+            index = self.latent_model.to_index(as_tensor(past))
+        if events is None:
+            events = self.events(index, codes, event_temperature)
+        return self._decode(index, codes, events, event_temperature)[0]
+
+    def events(self, past_index: torch.Tensor, codes: torch.Tensor, event_temperature: float = 1.0) -> torch.Tensor | None:
+        """The random event classes (B,) drawn from the world model's prior after past (class indices) and
+        the action codes, at `event_temperature` with the game's generator; None for a model without them."""
+        if not math.isfinite(event_temperature) or event_temperature < 0:
+            raise ValueError(f"event_temperature must be a number >= 0, got {event_temperature}")
+        model = self.latent_model
+        if not model.event_classes:
+            return None
+        device = model.vq.codebook.device
+        with torch.inference_mode():
+            logits = model.event_prior(past_index.to(device), codes.to(device))
+            return model.sample_event(logits, float(event_temperature), self.generator)
 
     def latents(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
                 temperature: float = 0.0, previous: np.ndarray | torch.Tensor | None = None,
@@ -141,8 +176,8 @@ class NeuralBreakout:
 
         `previous` (B, previous_count) are the actions before, oldest first, and `knob` (B,) the paddle
         knob's positions (knob_positions); None means NOOPs and a knob in the middle, as at a game's start."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a number >= 0, got {temperature}")
         actions = torch.as_tensor(actions, dtype=torch.int64)
         if not self.previous_count:
             previous = None
@@ -157,17 +192,29 @@ class NeuralBreakout:
                                             generator=self.generator if temperature > 0 else None,
                                             previous=previous, knob=None if knob is None else torch.as_tensor(knob))
 
-    def predict(self, past: np.ndarray | torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """The world model's next frames (B, 210, 160, 3) uint8 for latent codes after `past` (RGB)."""
+    def predict(self, past: np.ndarray | torch.Tensor, codes: torch.Tensor,
+                events: torch.Tensor | None = None) -> torch.Tensor:
+        """The world model's next frames (B, 210, 160, 3) uint8 for latent codes (and event classes; None:
+        the prior's most likely) after `past` (RGB)."""
         with torch.inference_mode():
             index = self.latent_model.to_index(as_tensor(past))
-        return self._decode(index, codes)[0]
+        return self._decode(index, codes, events)[0]
 
-    def _decode(self, past_index: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(RGB (B, 210, 160, 3) uint8, class indices (B, 210, 160) uint8) of the next frame."""
+    def _decode(self, past_index: torch.Tensor, codes: torch.Tensor, events: torch.Tensor | None = None,
+                event_temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(RGB (B, 210, 160, 3) uint8, class indices (B, 210, 160) uint8) of the next frame.
+
+        With an event_temperature (play) the ball is committed as one object (common/ball_sampler.py)
+        with the game's generator; without, the frame is the decoder's per-pixel most likely colours."""
         model = self.latent_model
         device = model.vq.codebook.device
+        commit = event_temperature is not None and self.ball_class is not None
         with torch.inference_mode():
-            index = model.predict_indices(past_index.to(device), codes.to(device))
+            index, ball_prob = model.predict_with_probability(
+                past_index.to(device), codes.to(device), None if events is None else events.to(device),
+                self.ball_class if commit else None)
+            if commit:
+                index = commit_ball(index.cpu(), ball_prob.cpu(), self.ball_class, self.background_class,
+                                    event_temperature, self.generator).to(device)
             rgb = self.palette.index_select(0, index.reshape(-1).long()).view(*index.shape, 3)
         return rgb.cpu(), index.cpu()

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.detectors import ball_xy, paddle_x, ram_positions
+from common.detectors import (BRICK_POINTS, RAM_BALL_Y, ball_count, ball_xy, brick_mask, lives, paddle_x, ram_bricks,
+                              ram_positions, ram_score, score)
+from common.game_eval import follow_ball
 from common.recorder import make_env
 
 
@@ -69,3 +71,74 @@ def test_detectors_on_synthetic_frames():
     frame[189:193, 144:160] = (200, 72, 72)   # paddle under the right wall: only 8 px are inside
     frame[189:193, 40:56] = 0
     assert paddle_x(frame) == 151.5
+
+
+@pytest.fixture(scope="module")
+def followed_game():
+    """One whole game of ball-following play (bricks broken, every life lost): frames, RAM, rewards, lives."""
+    env = make_env("breakout", frame_skip=4, noop_max=30)
+    rng = np.random.default_rng(1)
+    env.unwrapped.np_random = rng
+    env.reset()
+    frames, rams = [env.unwrapped.ale.getScreenRGB()], [env.unwrapped.ale.getRAM().copy()]
+    rewards, lives_left = [0.0], [5]
+    while True:
+        _, reward, terminated, truncated, info = env.step(follow_ball(frames[-1], rng))
+        frames.append(env.unwrapped.ale.getScreenRGB())
+        rams.append(env.unwrapped.ale.getRAM().copy())
+        rewards.append(reward)
+        lives_left.append(info["lives"])
+        if terminated or truncated:
+            return frames, rams, np.array(rewards), np.array(lives_left)
+
+
+def test_ball_count_is_one_exactly_where_the_ball_is_found(frames_and_ram, followed_game):
+    frames, rams = frames_and_ram[0] + followed_game[0], frames_and_ram[1] + followed_game[1]
+    counts = np.array([ball_count(f) for f in frames])
+    assert np.array_equal(counts, [ball_xy(f) is not None for f in frames])  # never two balls on a real screen
+    assert counts.mean() > 0.8
+    idle = [c for c, r in zip(counts, rams) if r[RAM_BALL_Y] == 0]  # no ball in play
+    assert len(idle) > 5 and not any(idle)
+    frame = np.zeros((210, 160, 3), np.uint8)
+    frame[100:104, 50:52] = frame[150:154, 90:92] = (200, 72, 72)   # two balls
+    frame[57:63, 8:16] = frame[189:193, 40:56] = (200, 72, 72)      # a red brick and the paddle are not balls
+    assert ball_count(frame) == 2
+
+
+def test_bricks_match_ram_exactly_and_each_pays_its_row(followed_game):
+    frames, rams, rewards, _ = followed_game
+    walls = np.stack([brick_mask(f) for f in frames])
+    assert np.array_equal(walls, np.stack([ram_bricks(r) for r in rams]))
+    assert walls[0].all() and (~walls[-1]).sum() >= 15 and (~walls[-1]).any(axis=1).sum() >= 3
+    assert not (walls[1:] & ~walls[:-1]).any()  # a broken brick never comes back
+    broken = walls[:-1] & ~walls[1:]
+    assert np.array_equal((broken * np.array(BRICK_POINTS)[:, None]).sum(axis=(1, 2)), rewards[1:])
+
+
+def test_score_and_lives_digits_match_the_game(followed_game):
+    frames, rams, rewards, lives_left = followed_game
+    truth = np.array([ram_score(r) for r in rams])
+    assert np.array_equal(truth, np.cumsum(rewards)) and truth[-1] >= 20
+    for read, real in ((np.array([score(f) for f in frames]), truth),
+                       (np.array([lives(f) for f in frames]), lives_left)):
+        # the digits are drawn above the ball: a hit or lost life in a step's last emulator frame shows a step later
+        assert all(read[t] in (real[t], real[t - 1]) for t in range(1, len(frames)))
+        assert (read == real).mean() > 0.98
+    assert set(lives_left[:-1]) == {5, 4, 3, 2, 1}
+
+
+def test_every_digit_reads_in_every_place():
+    env = make_env("breakout", frame_skip=4, noop_max=30)
+    env.reset(seed=0)
+    ale = env.unwrapped.ale
+    for digit in range(10):
+        ale.setRAM(76, digit)              # hundreds
+        ale.setRAM(77, digit * 0x11)       # tens and ones, binary-coded decimal
+        env.step(0)
+        frame = ale.getScreenRGB()
+        assert score(frame) == 111 * digit and lives(frame) == 5
+    noisy = frame.copy()
+    noisy[5, 36:39] = 142                  # three stray pixels do not change a 4x2 block's reading
+    assert score(noisy) == 999
+    noisy[9:11, 40:44] = 0                 # a missing block (9 without its middle) matches no glyph
+    assert score(noisy) is None and lives(np.zeros_like(frame)) is None

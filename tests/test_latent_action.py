@@ -33,7 +33,7 @@ def palette_frames(shape: tuple, seed: int = 0) -> torch.Tensor:
 def test_public_api_shapes_and_valid_pixels():
     for config, positions in ((TINY, 1), ({**TINY, "patch": 4, "widths": [8, 8, 8, 8]}, 1),
                               ({**TINY, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128,
-                                "context_frames": 1, "skips": False}, 35), ({**TINY, "event_code": True}, 2)):
+                                "context_frames": 1, "skips": False, "event_classes": 0}, 35), ({**TINY, "event_classes": 0}, 1)):
         model = LatentActionModel(config).eval()
         k = model.context_frames
         past, nxt = palette_frames((2, k)), palette_frames((2,), seed=1)
@@ -50,43 +50,88 @@ def test_public_api_shapes_and_valid_pixels():
         assert again.shape == frames.shape
 
 
-def test_the_event_code_sees_the_screen_above_the_paddle_only():
-    """A paddle that moves changes only the first code's encoder output; a ball served mid-screen
-    changes the event code's."""
-    model = LatentActionModel({**TINY, "event_code": True}).eval()
+def test_the_event_posterior_sees_the_screen_above_the_paddle_only():
+    """A paddle that moves changes the action code's encoder output only; a ball served mid-screen
+    changes the event posterior's."""
+    model = LatentActionModel(TINY).eval()
     past = torch.zeros(2, model.context_frames, 210, 160, dtype=torch.uint8)
     nxt = torch.zeros(2, 210, 160, dtype=torch.uint8)
     nxt[1, 189:193, 60:76] = 2                      # the paddle moved in the second sample
     with torch.no_grad():
         model.encode_indices(past, nxt)
-        z = model.last_z.view(2, 2, -1)
-        assert torch.equal(z[0, 1], z[1, 1]) and not torch.equal(z[0, 0], z[1, 0])
+        z, events = model.last_z.clone(), model.event_posterior_logits(model.last_cells)
+        assert torch.equal(events[0], events[1]) and not torch.equal(z[0], z[1])
         nxt[1, 124:128, 80:82] = 2                  # and a ball is served at y = 126
         model.encode_indices(past, nxt)
-        z_served = model.last_z.view(2, 2, -1)
-        assert not torch.equal(z_served[1, 1], z[1, 1])
+        assert not torch.equal(model.event_posterior_logits(model.last_cells)[1], events[1])
     with pytest.raises(ValueError, match="does not combine"):
-        LatentActionModel({**TINY, "event_code": True, "code_grid": [7, 5]})
+        LatentActionModel({**TINY, "code_grid": [7, 5]})
 
 
-def test_event_code_latents_flow_through_stages_4_5_and_play(smoke_data, tmp_path):
-    from common.dataset import read_frames, require_dataset
-    from common.world_model import NeuralBreakout
+def test_the_event_class_changes_the_drawn_frame_and_the_prior_sees_past_and_action():
+    model = LatentActionModel(TINY).eval()
+    with torch.no_grad():
+        model.event_embedding.weight.normal_(0, 3.0)
+    past = palette_frames((1, model.context_frames)).repeat(model.event_classes, 1, 1, 1, 1)
+    codes = torch.zeros(model.event_classes, 1, dtype=torch.long)
+    frames = model.predict(past, codes, torch.arange(model.event_classes))
+    assert len({bytes(f.numpy()) for f in frames}) > 1               # the class reaches the decoder
+    assert torch.equal(model.predict(past[:1], codes[:1]),              # no class given: the prior's most likely
+                       model.predict(past[:1], codes[:1], model.event_prior(model.to_index(past[:1]), codes[:1]).argmax(-1)))
+    index = model.to_index(past[:2])
+    other = model.to_index(palette_frames((1, model.context_frames), seed=5))
+    by_code = model.event_prior(index, torch.tensor([[0], [1]]))
+    by_past = model.event_prior(torch.cat([index[:1], other]), torch.tensor([[0], [0]]))
+    assert not torch.equal(by_code[0], by_code[1]) and not torch.equal(by_past[0], by_past[1])
 
-    data, root = private_data_dir(smoke_data, tmp_path / "data"), tmp_path / "ck"
-    dirs = ["--data-dir", str(data), "--checkpoint-dir", str(root)]
-    for args in (("03_train_latent_action.py", "--preset", "smoke", "--event-code", "--max-steps", "8",
-                  "--log-dir", str(tmp_path / "runs")),
-                 ("04_collect_action_latent_pairs.py",), ("05_train_action_to_latent.py", "--preset", "smoke")):
-        result = run_script(*args, *dirs)
-        assert result.returncode == 0, result.stderr[-3000:]
-    pairs = json.loads((data / "actions" / "action_latent_pairs.json").read_text())
-    assert pairs["meta"]["code_positions"] == 2 and all(len(p["latent_code"]) == 2 for p in pairs["pairs"])
-    game = NeuralBreakout.load(root, device="cpu")
-    game.reset(read_frames(require_dataset(data)[0], 0, game.context_frames))
-    assert game.step(1).shape == (210, 160, 3)
-    refused = run_script("03_train_latent_action.py", "--preset", "smoke", "--event-code", "--seeds-config", *dirs)
-    assert refused.returncode == 2 and "does not combine" in refused.stderr
+
+def test_event_sampling_follows_temperature_and_the_generator():
+    model = LatentActionModel(TINY)
+    logits = torch.tensor([[0.0, 2.0, 1.0] + [-9.0] * (model.event_classes - 3)]).repeat(4000, 1)
+    assert torch.equal(model.sample_event(logits, 0.0), torch.full((4000,), 1))
+    draws = [model.sample_event(logits, 1.0, torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])                             # a seed replays the draws
+    share = torch.bincount(draws[0], minlength=3)[:3].float() / 4000
+    expected = model.event_probs(logits[:1])[0, :3]
+    assert torch.allclose(share, expected, atol=0.03)
+    hot = model.sample_event(logits, 5.0, torch.Generator().manual_seed(7))
+    assert torch.bincount(hot, minlength=3)[0] > torch.bincount(draws[0], minlength=3)[0]   # flatter
+
+
+def test_the_prior_loss_does_not_reshape_the_action_code():
+    """The prior learns from the posterior; its loss must reach neither the action encoder nor the posterior."""
+    import importlib
+
+    train_script = importlib.import_module("03_train_latent_action")
+    model = LatentActionModel(TINY).train()
+    past, nxt = model.to_index(palette_frames((4, model.context_frames))), model.to_index(palette_frames((4,), seed=2))
+    quantized, _, _ = model.encode_indices(past, nxt)
+    _, rate, prior_kl, drawn = train_script.event_terms(model, past, quantized)
+    prior_kl.mean().backward(retain_graph=True)
+    assert all(p.grad is None for p in [*model.encoder.parameters(), *model.to_code.parameters(),
+                                        *model.event_encoder.parameters(), *model.to_event_logits.parameters()])
+    assert all(p.grad is not None for p in model.prior_head.parameters())
+    model.zero_grad()
+    rate.mean().backward()
+    assert all(p.grad is None for p in model.prior_head.parameters())
+    assert model.to_event_logits.weight.grad is not None and drawn.shape == (4,)
+
+
+def test_an_older_checkpoint_is_refused_naming_stage_3(tmp_path):
+    from common.io import save_checkpoint
+
+    old = LatentActionModel({**TINY, "event_classes": 0})
+    config = {k: v for k, v in old.config.items() if k != "event_classes"}
+    save_checkpoint(tmp_path / "latent_action" / "best.pt", "latent_action", model=old.state_dict(),
+                    config={**config, "event_code": False})
+    with pytest.raises(UserError, match="re-run 03_train_latent_action.py"):
+        load_latent_action_model(tmp_path)
+
+
+def test_event_flags_are_checked_before_training(tmp_path):
+    dirs = ["--data-dir", str(tmp_path / "nothing"), "--checkpoint-dir", str(tmp_path / "ck")]
+    negative = run_script("03_train_latent_action.py", "--preset", "smoke", "--event-classes", "-1", *dirs)
+    assert negative.returncode == 2 and "--event-classes" in negative.stderr and "Traceback" not in negative.stderr
 
 
 def test_a_patch_and_depth_that_do_not_tile_the_frame_are_refused():
@@ -125,7 +170,7 @@ def test_straight_through_gradient_reaches_encoder():
     quantized, codes, vq_loss = model.encode_indices(past, nxt)
     # the decoder sees exactly the codebook rows ...
     assert torch.allclose(quantized[:, 0], codebook[codes[:, 0]], atol=1e-5)
-    logits = model.decode_logits(past, quantized)
+    logits = model.decode_logits(past, model.conditioning(quantized, torch.zeros(4, dtype=torch.long)))
     loss = F.cross_entropy(logits.reshape(-1, model.num_colours), model.folded_target(nxt).reshape(-1))
     (loss + vq_loss).backward()
     # ... and yet the reconstruction gradient reaches the encoder (straight-through)
@@ -245,49 +290,3 @@ def test_loss_weights_come_from_the_past_frames_only():
         weights.append(train_script.loss_terms(model, past, nxt, motion_weight=20.0, keep_static=1.0)[3][3])
     assert torch.equal(weights[0], weights[1])
     assert set(weights[0].unique().tolist()) == {0.0, 1.0, 21.0}   # padding, elsewhere, near the motion
-
-
-def test_appear_weight_falls_on_changes_far_from_past_motion_only():
-    """A ball served far from anything that moved weighs 1 + appear_weight; a change next to the past
-    motion keeps the motion weight, so the moving ball is not rewarded for smearing."""
-    import importlib
-
-    train_script = importlib.import_module("03_train_latent_action")
-    model = LatentActionModel(TINY)
-    past = torch.zeros(1, model.context_frames, 210, 160, dtype=torch.uint8)
-    past[0, -1, 100:104, 50:52] = 2                    # motion around (100, 50)
-    nxt = past[:, -1].clone()
-    nxt[0, 100:104, 52:54] = 2                         # the ball moves on, next to the motion
-    nxt[0, 150:154, 120:122] = 2                       # and a new ball appears far away
-    top = model.pad_h // 2
-    near_cell = ((100 + top) // model.patch, 52 // model.patch)
-    far_cell = ((150 + top) // model.patch, 120 // model.patch)
-
-    def cell_weights(appear_weight: float) -> torch.Tensor:
-        weight = train_script.loss_terms(model, past, nxt, motion_weight=20.0, keep_static=1.0,
-                                         appear_weight=appear_weight)[3][3]
-        rows, cols = (210 + model.pad_h) // model.patch, (160 + model.pad_w) // model.patch
-        return weight.reshape(1, rows, cols, -1).amax(-1)
-
-    plain, served = cell_weights(0.0), cell_weights(50.0)
-    assert plain[0, far_cell[0], far_cell[1]] == 1.0 and served[0, far_cell[0], far_cell[1]] == 51.0
-    assert plain[0, near_cell[0], near_cell[1]] == served[0, near_cell[0], near_cell[1]] == 21.0
-    assert set(served[served != plain].tolist()) == {51.0}           # only cells of the new ball
-
-
-def test_own_context_replaces_the_newest_past_frames_with_the_models_drawing():
-    """Scheduled sampling: with a model that only copies the last frame, the frames it draws itself
-    are copies of the last real frame it started from."""
-    import importlib
-
-    train_script = importlib.import_module("03_train_latent_action")
-    model = LatentActionModel({**TINY, "copy_bias": True})
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.zero_()
-    k = model.context_frames
-    frames = model.to_index(palette_frames((2, k + 2), seed=3))
-    context = train_script.own_context(model, frames, depth=2)
-    assert context.shape == (2, k, 210, 160) and model.training
-    assert torch.equal(context[:, :k - 2], frames[:, 2:k])          # the real frames that remain
-    assert torch.equal(context[:, -1], frames[:, k - 1]) and torch.equal(context[:, -2], frames[:, k - 1])

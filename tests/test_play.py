@@ -57,12 +57,35 @@ def test_step_returns_frames_and_temperature_zero_is_deterministic(game, start_f
     runs = []
     for _ in range(2):
         game.reset(start_frames)
-        runs.append(np.stack([game.step(a) for a in actions]))
+        runs.append(np.stack([game.step(a, event_temperature=0.0) for a in actions]))
     assert runs[0].shape == (len(actions), 210, 160, 3) and runs[0].dtype == np.uint8
     np.testing.assert_array_equal(runs[0], runs[1])
     game.reset(start_frames)
     sampled = game.step(2, temperature=1.5)
     assert sampled.shape == (210, 160, 3) and sampled.dtype == np.uint8
+
+
+def test_a_seed_replays_a_game_with_its_random_events(smoke_action_to_latent, start_frames):
+    """The random events are drawn with the game's own generator: the same seed and actions give the
+    same game, and the draws are those of the world model's prior."""
+    actions = [1, 0, 2, 2, 3, 1, 0, 0]
+    games = [NeuralBreakout.load(smoke_action_to_latent, seed=seed) for seed in (3, 3)]
+    runs = []
+    for game in games:
+        game.reset(start_frames)
+        runs.append(np.stack([game.step(a, event_temperature=1.0) for a in actions]))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    game = games[0]
+    game.reset(start_frames, seed=11)
+    model = game.latent_model
+    for action in actions:
+        index, past = game.indices.clone(), game.frames.clone()
+        codes = game.latents(past, torch.tensor([action]), 0.0, game.previous.clone(), torch.tensor([game.knob]))
+        replay = torch.Generator()
+        replay.set_state(game.generator.get_state())
+        events = model.sample_event(model.event_prior(index, codes), 1.0, replay)
+        expected = model.predict(past, codes, events)[0].numpy()
+        np.testing.assert_array_equal(game.step(action, event_temperature=1.0), expected)
 
 
 def test_steps_are_the_world_models_predictions_fed_back(game, start_frames):
@@ -74,7 +97,7 @@ def test_steps_are_the_world_models_predictions_fed_back(game, start_frames):
         past, previous, knob = game.frames.clone(), game.previous.clone(), torch.tensor([game.knob])
         expected = game.latent_model.predict(past, game.latents(past, torch.tensor([action]), 0.0, previous,
                                                                 knob))[0].numpy()
-        frame = game.step(action)
+        frame = game.step(action, event_temperature=0.0)   # the prior's most likely event, as predict()
         assert game.previous[0].tolist() == previous[0, 1:].tolist() + [action]
         assert game.knob == pytest.approx(knob_positions([action], 4, start=float(knob))[-1])
         np.testing.assert_array_equal(frame, expected)  # the fast index-state path = the model's predict()
@@ -95,8 +118,11 @@ def test_bad_inputs_raise_clear_errors(smoke_action_to_latent, start_frames):
     for bad in (4, -1, 2.0, "LEFT"):
         with pytest.raises(ValueError, match="action"):
             game.step(bad)
-    with pytest.raises(ValueError, match="temperature"):
-        game.step(0, temperature=-1)
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            game.step(0, temperature=bad)
+        with pytest.raises(ValueError, match="event_temperature"):
+            game.step(0, event_temperature=bad)
 
 
 def test_missing_checkpoints_name_the_stage(tmp_path, smoke_action_to_latent):
@@ -136,7 +162,7 @@ def test_keys_file_policy(tmp_path):
     path.write_text("FIRE right*3\n3 noop*2\n")
     assert play.parse_keys_file(str(path)) == [1, 2, 2, 2, 3, 0, 0]
     policy = play.make_policy(f"keys:{path}", seed=0)
-    assert [policy(i) for i in range(9)] == [1, 2, 2, 2, 3, 0, 0, 0, 0]
+    assert [policy(i, None) for i in range(9)] == [1, 2, 2, 2, 3, 0, 0, 0, 0]
     path.write_text("JUMP")
     with pytest.raises(UserError, match="JUMP"):
         play.parse_keys_file(str(path))
@@ -183,6 +209,14 @@ def test_evaluate_writes_control_metrics(tmp_path, smoke_data, smoke_action_to_l
     assert len(metrics["details"]["action_to_latent"]["psnr_db_by_step"]) == 20
     assert len(metrics["details"]["action_to_latent"]["paddle_within_3px_by_step"]) == 10
     assert metrics["details"]["windows"] >= 1
+    game = metrics["game"]   # the game measures beside the emulator, from emulator-made starts
+    assert game["starts"] == {"game_start": 2, "after_lost_life": 2, "ball_in_play": 2}
+    assert game["serve"]["game_start"]["served_within_10_steps"]["emulator"] == 1.0
+    assert game["serve"]["noop_only"]["emulator"] == 0.0
+    for key in ("serve_within_10_steps_game_start", "serve_within_10_steps_after_lost_life", "ball_kept",
+                "long_play_one_ball_share", "long_play_one_ball_share_emulator"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["long_play_bricks_back"] >= 0 and game["long_play"]["games"] == 1
 
 
 # ---------------------------------------------------------------- the control measures
@@ -195,7 +229,7 @@ class MarkerGame:
     previous_count = 3
     knob_frame_skip = 4
 
-    def step_batch(self, past, actions, temperature=0.0, previous=None, knob=None):
+    def step_batch(self, past, actions, temperature=0.0, previous=None, knob=None, event_temperature=1.0):
         nxt = past[:, -1].clone()
         nxt[:, 0, 0, 0] += 1
         nxt[:, 0, 0, 1] = actions.to(torch.uint8)
