@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from common.atari import game_over_mask, make_env_config, make_vector_env, resolve_game
 from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int,
-                        pick_device, positive_float, positive_int, probability, run_main, set_threads)
+                        pick_device, positive_float, positive_int, probability, refuse_to_replace, run_main,
+                        set_threads)
 from common.dqn import (RND, DeepMindRMSprop, DQNPolicy, build_q_network, evaluate_policy, load_policy,
                         td_targets, to_model_input)
-from common.io import atomic_write_json, load_checkpoint, save_checkpoint
+from common.io import atomic_write_json, check_writable, load_checkpoint, save_checkpoint
 from common.replay import FrameReplay
 
 PRESETS = {
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads (0 = all cores; 1 is faster on a busy shared machine)")
     g.add_argument("--env-threads", type=positive_int, default=1, help="C++ emulator threads")
     g.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/dqn/latest.pt")
+    g.add_argument("--fresh", action="store_true",
+                   help="start over although <checkpoint-dir>/dqn holds a trained run (it is replaced)")
     g.add_argument("--paper", action="store_true", help="Nature-DQN setup (RMSProp, uniform replay, 4 frames)")
     g.add_argument("--compile", action="store_true", help="torch.compile the Q-network")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -545,6 +548,9 @@ def main() -> None:
     if args.evaluate:
         run_evaluation(args)
         return
+    refuse_to_replace(Path(args.checkpoint_dir) / "dqn" / "latest.pt", args.resume, args.fresh)
+    for folder in (Path(args.checkpoint_dir) / "dqn", Path(args.log_dir)):
+        check_writable(folder)
     trainer = Trainer(args)
     print(f"device {trainer.device}, {trainer.threads} threads, preset {args.preset}, game {args.game}, "
           f"{args.num_envs} envs, net {args.conv_widths}+{args.fc_width}, replay {trainer.replay.capacity:,}")

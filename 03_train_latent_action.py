@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
-                        positive_float, positive_int, probability, run_main, set_threads)
+                        positive_float, positive_int, probability, refuse_to_replace, run_main, set_threads)
 from common.frame_cache import FrameCache, load_frame_cache
-from common.io import atomic_write_json, load_checkpoint, save_checkpoint
+from common.io import atomic_write_json, check_writable, load_checkpoint, save_checkpoint
 from common.latent_action import (CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionModel, checkpoint_dir, fold_cells,
                                    past_frame_rows)
 from common.metrics import perplexity
@@ -97,6 +97,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-episodes", type=positive_int, default=None, help="test episodes for the final evaluation")
     p.add_argument("--rollout-steps", type=positive_int, default=None, help="longest rollout in the evaluation")
     p.add_argument("--resume", action="store_true", help="continue from latent_action/latest.pt")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over although latent_action/ holds a trained model (it is replaced)")
     p.add_argument("--eval-only", action="store_true",
                    help="skip training: evaluate latent_action/best.pt on the test episodes and rewrite metrics.json")
     p.add_argument("--rebuild-cache", action="store_true", help="decode the PNGs again even if the cache is fresh")
@@ -300,6 +302,9 @@ def main() -> None:
         evaluate(args, cache, device, training)
         return
 
+    refuse_to_replace(out_dir / "latest.pt", args.resume, args.fresh)
+    for folder in (out_dir, log_dir):
+        check_writable(folder)
     config = model_config(args, cache.palette)
     try:
         model = LatentActionModel(config).to(device)
@@ -313,11 +318,17 @@ def main() -> None:
         if state["config"] != config:
             raise UserError("--resume: latest.pt was trained with another model configuration; "
                             "use the same flags or start over without --resume")
+        if state.get("data_fingerprint") != cache.fingerprint:
+            raise UserError(f"--resume: {out_dir / 'latest.pt'} was trained on another data set than {args.data_dir} "
+                            f"(recorded again since?): resume on the same data, or start over with --fresh")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before, best_val = state["step"], state["elapsed"], state["best_val"]
         torch.set_rng_state(state["torch_rng"])
         train.rng.bit_generator.state = state["numpy_rng"]
+        if elapsed_before >= args.time_budget * 60 or step >= args.max_steps:
+            raise UserError(f"--resume: latest.pt has spent its budget ({step} updates, {elapsed_before / 60:.1f} "
+                            f"min): raise --time-budget or --max-steps to train on")
         print(f"resumed from step {step} ({elapsed_before / 60:.1f} min trained)")
     start_step = step
     val = TransitionSampler(cache, "val", model.context_frames, args.seed + 1)

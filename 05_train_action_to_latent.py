@@ -22,10 +22,10 @@ from common.action_to_latent import (KIND, VARIANTS, ActionToLatent, checkpoint_
                                      file_fingerprint, knob_positions, past_frame_indices, previous_action_rows,
                                      red_view, transition_metrics)
 from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
-                        positive_float, positive_int, run_main, set_threads)
+                        positive_float, positive_int, refuse_to_replace, run_main, set_threads)
 from common.dataset import level_files, read_level, require_dataset
 from common.frame_cache import load_frame_cache
-from common.io import atomic_write_json, load_checkpoint, read_json, save_checkpoint
+from common.io import atomic_write_json, check_writable, load_checkpoint, read_json, save_checkpoint
 
 PAIRS_STAGE = "04_collect_action_latent_pairs.py"
 PRESETS = {
@@ -40,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     add_preset_arg(parser)
     parser.add_argument("--data-dir", default="data", help="holds actions/action_latent_pairs.json (Stage 4)")
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint root; writes latent_action/")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train although latent_action/ holds a trained map (it is replaced)")
     parser.add_argument("--variant", choices=VARIANTS, default="frames",
                         help="action: the action alone (seeds' MLP); frames: action + newest context frames")
     parser.add_argument("--frames-used", type=positive_int, default=3,
@@ -261,6 +263,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
 
+    refuse_to_replace(checkpoint_path(args.checkpoint_dir), resume=False, fresh=args.fresh, can_resume=False)
+    check_writable(checkpoint_path(args.checkpoint_dir).parent)
     pairs = load_pairs(args.data_dir, args.checkpoint_dir)
     meta = pairs["meta"]
     names = list(meta["action_meanings"])

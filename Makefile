@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?=
 PRESET_FLAG := $(if $(PRESET),--preset $(PRESET),)
+FRESH ?=
+FRESH_FLAG := $(if $(FRESH),--fresh,)
 
 .PHONY: pipeline test play dqn record latent pairs action-to-latent neural-gif clean-venv
 
@@ -15,7 +17,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 pipeline: $(STAMP)
-	$(PY) run_pipeline.py $(PRESET_FLAG)
+	$(PY) run_pipeline.py $(PRESET_FLAG) $(FRESH_FLAG)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

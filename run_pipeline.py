@@ -2,6 +2,10 @@
 
 `make pipeline` calls this. Each stage is the numbered script run as its own process, exactly
 as a user would run it, so any stage can later be re-run alone after a tweak.
+
+Run again, it keeps what is done: a training stage whose result exists and is newer than its input
+is kept (and said so), an interrupted world model resumes, and once a stage runs every later one
+runs again on its new output. `--fresh` (`make pipeline FRESH=1`) retrains everything.
 """
 from __future__ import annotations
 
@@ -38,6 +42,35 @@ def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str) -> l
         ("06 neural game GIF", ["06_play_neural_breakout.py", "--headless", "--policy", "random",
                                 "--steps", "60" if preset == "smoke" else "300", *dirs]),
     ]
+
+
+def stage_result(name: str, data_dir: Path, ckpt_dir: Path) -> Path | None:
+    """The file that says a stage is complete (its newest output), or None for a stage that always runs."""
+    return {"01": ckpt_dir / "dqn" / "latest.pt",
+            "02": data_dir / "actions" / "summary.json",
+            "03": ckpt_dir / "latent_action" / "metrics.json",
+            "04": data_dir / "actions" / "action_latent_pairs.json",
+            "05": ckpt_dir / "latent_action" / "action_to_latent_metrics.json"}.get(name[:2])
+
+
+def plan_stage(name: str, data_dir: Path, ckpt_dir: Path, fresh: bool, upstream_ran: bool,
+               previous: Path | None) -> tuple[str, list[str]]:
+    """("run" | "keep", extra flags) for one stage: keep a complete, current result; resume an interrupted
+    world model; start over (--fresh) where a result exists but is stale or a fresh run was asked for."""
+    result = stage_result(name, data_dir, ckpt_dir)
+    trainer = name[:2] in ("01", "03", "05")
+    if result is None:
+        return "run", []
+    current = result.exists() and (previous is None or not previous.exists()
+                                   or result.stat().st_mtime >= previous.stat().st_mtime)
+    if not fresh and not upstream_ran and current:
+        return "keep", []
+    interrupted = ckpt_dir / "latent_action" / "latest.pt"
+    if name[:2] == "03" and not fresh and not upstream_ran and interrupted.exists() and not result.exists():
+        return "run", ["--resume"]
+    replaces = (ckpt_dir / "dqn" / "latest.pt" if name[:2] == "01" else interrupted if name[:2] == "03"
+                else ckpt_dir / "latent_action" / "action_to_latent_best.pt")
+    return "run", (["--fresh"] if trainer and replaces.exists() else [])
 
 
 def _load(path: Path) -> dict:
@@ -84,18 +117,31 @@ def main() -> None:
     parser.add_argument("--checkpoint-dir", default="checkpoints")
     parser.add_argument("--log-dir", default="runs", help="TensorBoard and CSV training logs")
     parser.add_argument("--from-stage", type=int, default=1, choices=range(1, 7),
-                        help="skip the stages before this one (their outputs must exist)")
+                        help="skip the stages before this one (their outputs must exist) and run this one again")
+    parser.add_argument("--fresh", action="store_true",
+                        help="retrain every stage, replacing what earlier runs trained (default: keep what is "
+                             "complete and current)")
     args = parser.parse_args()
     preset = args.preset or default_preset()
     data_dir, ckpt_dir = Path(args.data_dir), Path(args.checkpoint_dir)
 
     timings: dict[str, float] = {}
+    upstream_ran, previous = False, None
     for name, argv in stage_commands(preset, args.data_dir, args.checkpoint_dir, args.log_dir):
         if int(name[:2]) < args.from_stage:
+            previous = stage_result(name, data_dir, ckpt_dir) or previous
             continue
-        print(f"\n=== {name} ({preset}) ===", flush=True)
+        asked = args.from_stage > 1 and int(name[:2]) == args.from_stage   # --from-stage N: N runs again
+        action, extra = plan_stage(name, data_dir, ckpt_dir, args.fresh, upstream_ran or asked, previous)
+        previous = stage_result(name, data_dir, ckpt_dir) or previous
+        if action == "keep":
+            print(f"\n=== {name}: kept {previous} (complete and newer than its input; --fresh or "
+                  f"FRESH=1 retrains) ===", flush=True)
+            continue
+        upstream_ran = True
+        print(f"\n=== {name} ({preset}){' ' + ' '.join(extra) if extra else ''} ===", flush=True)
         start = time.monotonic()
-        result = subprocess.run([sys.executable, *argv], cwd=ROOT)
+        result = subprocess.run([sys.executable, *argv, *extra], cwd=ROOT)
         timings[name] = round(time.monotonic() - start, 1)
         if result.returncode != 0:
             raise UserError(f"stage '{name}' failed (exit {result.returncode}); fix it and re-run with "

@@ -227,6 +227,7 @@ def load_action_to_latent(checkpoint_root: str | Path = "checkpoints", device: s
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise UserError(f"{path} does not match this code ({type(err).__name__}): re-run {STAGE_HINT}") from None
     model.metrics = payload.get("metrics", {})
+    model.latent_fingerprint = payload["config"].get("latent_fingerprint")   # the latent checkpoint it was fit to
     return model.to(device).eval()
 
 

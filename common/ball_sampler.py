@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from typing import Callable
+
 from common.detectors import BALL_MAX_H, BALL_MAX_W, PLAY_BOTTOM, PLAY_LEFT, PLAY_RIGHT, PLAY_TOP
 
 BALL_H, BALL_W = 4, 2           # the ball as the emulator draws it at frame skip 4
@@ -34,10 +36,12 @@ def _ball_blobs(red: np.ndarray) -> list[tuple[np.ndarray, int]]:
             if stats[label][2] <= BALL_MAX_W and stats[label][3] <= BALL_MAX_H]
 
 
-def commit_ball(classes: torch.Tensor, ball_prob: torch.Tensor, ball_class: int, background_class: int,
-                temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """classes (B, 210, 160) uint8 argmax frames, ball_prob (B, 210, 160) the ball colour's probability ->
-    the frames with the ball committed (a copy; frames that show a whole ball are returned unchanged)."""
+def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor], ball_class: int,
+                background_class: int, temperature: float = 1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """classes (B, 210, 160) uint8 argmax frames, ball_prob(b) the ball colour's probability in frame b
+    (210, 160), asked for only where a frame shows no whole ball -> the frames with the ball committed
+    (a copy; frames that show a whole ball are returned unchanged)."""
     out = classes.clone()
     rows, cols = slice(PLAY_TOP, PLAY_BOTTOM + 1), slice(PLAY_LEFT, PLAY_RIGHT + 1)
     for b in range(len(classes)):
@@ -47,7 +51,7 @@ def commit_ball(classes: torch.Tensor, ball_prob: torch.Tensor, ball_class: int,
             continue
         for mask, _ in blobs:        # specks of a fading ball: cleared, their probability still counts
             area[mask] = background_class
-        mass = ball_prob[b, rows, cols].float() * torch.from_numpy(area != ball_class)
+        mass = ball_prob(b)[rows, cols].float() * torch.from_numpy(area != ball_class)
         mass = torch.where(mass >= MASS_FLOOR, mass, torch.zeros(()))
         expected = float(mass.sum()) / BALL_AREA
         placement = F.avg_pool2d(mass[None, None], (BALL_H, BALL_W), stride=1)[0, 0] * BALL_AREA  # top-left corners

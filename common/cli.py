@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 PRESETS = ("smoke", "quick", "full")
@@ -43,6 +44,15 @@ def apply_preset(args: argparse.Namespace, presets: dict[str, dict[str, Any]]) -
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     return args
+
+
+def refuse_to_replace(path: Path, resume: bool, fresh: bool, can_resume: bool = True) -> None:
+    """Replace a trained run only when asked: a forgotten flag must not cost the hour it took to train."""
+    if resume and fresh:
+        raise UserError("choose one of --resume and --fresh")
+    if path.exists() and not resume and not fresh:
+        how = "continue it with --resume, or start over with --fresh" if can_resume else "replace it with --fresh"
+        raise UserError(f"{path} holds a trained run: {how}")
 
 
 def add_preset_arg(parser: argparse.ArgumentParser) -> None:

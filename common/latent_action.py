@@ -547,13 +547,13 @@ class LatentActionModel(nn.Module):
     def predict_indices(self, past: torch.Tensor, codes: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
         """past (B,k,H,W) class indices, codes (B, positions), event classes (B,) -> next frame class
         indices (B,H,W) uint8. Without events a model with the event latent takes the prior's most likely class."""
-        return self.predict_with_probability(past, codes, events)[0]
+        return self.predict_with_logits(past, codes, events)[0]
 
     @torch.no_grad()
-    def predict_with_probability(self, past: torch.Tensor, codes: torch.Tensor, events: torch.Tensor | None = None,
-                                 colour: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """predict_indices(), and with `colour` that colour class's probability at every pixel (B,H,W) float
-        (copy bias included): where the model thinks an object of that colour may be."""
+    def predict_with_logits(self, past: torch.Tensor, codes: torch.Tensor, events: torch.Tensor | None = None,
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """predict_indices(), and the colour logits behind it (B, h, w, patch*patch, P), copy bias included,
+        for colour_probability()."""
         vectors = self.code_vectors(codes)
         if self.event_classes and events is None:
             events = self.event_prior_logits(past, vectors).argmax(-1)
@@ -565,14 +565,14 @@ class LatentActionModel(nn.Module):
             last = past_cells[:, :, :, -1].clamp(max=self.num_colours - 1).long()
             keep = logits.gather(-1, last[..., None])[..., 0] + self.copy_weight >= best
             cells = torch.where(keep, last, cells)
-        classes = self.unfold_pixels(cells.to(torch.uint8))
-        if colour is None:
-            return classes, None
-        if self.copy_weight is not None:
             logits = logits.scatter_add(-1, last[..., None], self.copy_weight.expand(last[..., None].shape).to(logits.dtype))
-        cells = logits.float().softmax(-1)[..., colour]                                   # (B, h, w, patch*patch)
-        frame = F.pixel_shuffle(cells.permute(0, 3, 1, 2).contiguous(), self.patch)[:, 0]
-        return classes, self.crop(frame)
+        return self.unfold_pixels(cells.to(torch.uint8)), logits
+
+    def colour_probability(self, logits: torch.Tensor, colour: int) -> torch.Tensor:
+        """Logits of predict_with_logits -> one colour class's probability at every pixel (B, 210, 160) float:
+        where the model thinks an object of that colour may be."""
+        cells = (logits[..., colour] - logits.float().logsumexp(-1)).exp()           # (B, h, w, patch*patch)
+        return self.crop(F.pixel_shuffle(cells.permute(0, 3, 1, 2).contiguous(), self.patch)[:, 0])
 
     @torch.no_grad()
     def predict(self, past: torch.Tensor, codes: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:

@@ -88,14 +88,21 @@ class NeuralBreakout:
              seed: int = 0) -> "NeuralBreakout":
         """Load the Stage 3 world model and the Stage 5 action->latent model from the checkpoint root.
 
-        A missing checkpoint is a UserError naming the stage to run (03 or 05).
+        A missing checkpoint is a UserError naming the stage to run (03 or 05), and so is a map that was
+        fit to another world model than the one loaded.
         """
-        from common.action_to_latent import check_compatible, load_action_to_latent
-        from common.latent_action import load_latent_action_model
+        from common.action_to_latent import check_compatible, file_fingerprint, load_action_to_latent
+        from common.cli import UserError
+        from common.latent_action import checkpoint_dir, load_latent_action_model
 
         latent_model = load_latent_action_model(checkpoint_root, device=device, which=which)
         action_model = load_action_to_latent(checkpoint_root, device=device)
         check_compatible(action_model, latent_model)
+        latent_file = checkpoint_dir(checkpoint_root) / f"{which}.pt"
+        if action_model.latent_fingerprint and file_fingerprint(latent_file) != action_model.latent_fingerprint:
+            raise UserError(f"the action->latent map was fit to another world model than {latent_file} (it was "
+                            f"retrained or replaced since): re-run 04_collect_action_latent_pairs.py and "
+                            f"05_train_action_to_latent.py")
         return cls(latent_model, action_model, seed=seed)
 
     def reset(self, frames: np.ndarray, previous_actions: Any = None, seed: int | None = None) -> None:
@@ -210,11 +217,12 @@ class NeuralBreakout:
         device = model.vq.codebook.device
         commit = event_temperature is not None and self.ball_class is not None
         with torch.inference_mode():
-            index, ball_prob = model.predict_with_probability(
-                past_index.to(device), codes.to(device), None if events is None else events.to(device),
-                self.ball_class if commit else None)
+            index, logits = model.predict_with_logits(past_index.to(device), codes.to(device),
+                                                      None if events is None else events.to(device))
             if commit:
-                index = commit_ball(index.cpu(), ball_prob.cpu(), self.ball_class, self.background_class,
-                                    event_temperature, self.generator).to(device)
+                index = commit_ball(index.cpu(), lambda b: model.colour_probability(logits[b:b + 1],
+                                                                                    self.ball_class)[0].cpu(),
+                                    self.ball_class, self.background_class, event_temperature,
+                                    self.generator).to(device)
             rgb = self.palette.index_select(0, index.reshape(-1).long()).view(*index.shape, 3)
         return rgb.cpu(), index.cpu()

@@ -255,7 +255,7 @@ def test_05_learns_a_synthetic_deterministic_mapping_and_refuses_stale_pairs(smo
     doc["pairs"][3]["action"] = (doc["pairs"][3]["action"] + 1) % 4  # pairs out of step with the data set
     pairs_path.write_text(json.dumps(doc))
     result = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--data-dir", str(data),
-                        "--checkpoint-dir", str(ckpt))
+                        "--checkpoint-dir", str(ckpt), "--fresh")
     assert result.returncode == 2 and "04_collect_action_latent_pairs.py" in result.stderr
 
 
@@ -264,3 +264,21 @@ def test_04_without_a_latent_model_names_stage_3(smoke_data, tmp_path):
                         "--checkpoint-dir", str(tmp_path))
     assert result.returncode == 2 and "03_train_latent_action.py" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_trained_map_is_replaced_only_with_fresh(smoke_data, smoke_action_to_latent, tmp_path):
+    from conftest import private_data_dir
+
+    data, root = private_data_dir(smoke_data, tmp_path / "data"), tmp_path / "ck"
+    shutil.copytree(Path(smoke_action_to_latent) / "latent_action", root / "latent_action")
+    shutil.copy(Path(smoke_action_to_latent).parent / "data" / "actions" / "action_latent_pairs.json",
+                data / "actions" / "action_latent_pairs.json")
+    trained = root / "latent_action" / "action_to_latent_best.pt"
+    before = trained.read_bytes()
+    refused = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--data-dir", str(data),
+                         "--checkpoint-dir", str(root))
+    assert refused.returncode == 2 and "--fresh" in refused.stderr and "Traceback" not in refused.stderr
+    assert trained.read_bytes() == before
+    again = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--data-dir", str(data),
+                       "--checkpoint-dir", str(root), "--fresh")
+    assert again.returncode == 0, again.stderr[-2000:]

@@ -28,7 +28,7 @@ def split_serve(share: float = 1.0) -> torch.Tensor:
 def test_a_frame_that_shows_a_whole_ball_is_left_alone():
     classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
     classes[0, 100:104, 50:52] = BALL
-    out = commit_ball(classes, split_serve(), BALL, BLACK, 1.0, torch.Generator().manual_seed(0))
+    out = commit_ball(classes, split_serve().__getitem__, BALL, BLACK, 1.0, torch.Generator().manual_seed(0))
     assert torch.equal(out, classes)
 
 
@@ -37,25 +37,25 @@ def test_a_split_ball_is_drawn_whole_at_one_place_in_proportion_to_its_probabili
     generator = torch.Generator().manual_seed(0)
     places = []
     for _ in range(400):
-        out = rgb(commit_ball(classes, split_serve(), BALL, BLACK, 1.0, generator)[0])
+        out = rgb(commit_ball(classes, split_serve().__getitem__, BALL, BLACK, 1.0, generator)[0])
         assert ball_count(out) == 1 and (out[..., 0] == 200).sum() == BALL_H * BALL_W
         places.append(round(ball_xy(out)[0]))
     share = {x: places.count(x) / len(places) for x in set(places)}
     assert set(share) == {16, 80, 140}
     assert abs(share[80] - 0.5) < 0.08 and abs(share[16] - 0.25) < 0.08
-    most_likely = rgb(commit_ball(classes, split_serve(), BALL, BLACK, 0.0)[0])
+    most_likely = rgb(commit_ball(classes, split_serve().__getitem__, BALL, BLACK, 0.0)[0])
     assert round(ball_xy(most_likely)[0]) == 80
 
 
 def test_the_chance_of_a_ball_is_the_expected_number_of_balls():
     classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
     generator = torch.Generator().manual_seed(1)
-    drawn = [ball_count(rgb(commit_ball(classes, split_serve(0.3), BALL, BLACK, 1.0, generator)[0]))
+    drawn = [ball_count(rgb(commit_ball(classes, split_serve(0.3).__getitem__, BALL, BLACK, 1.0, generator)[0]))
              for _ in range(500)]
     assert abs(np.mean(drawn) - 0.3) < 0.06 and set(drawn) <= {0, 1}
-    assert ball_count(rgb(commit_ball(classes, split_serve(0.3), BALL, BLACK, 0.0)[0])) == 0   # < half a ball
+    assert ball_count(rgb(commit_ball(classes, split_serve(0.3).__getitem__, BALL, BLACK, 0.0)[0])) == 0   # < half a ball
     faint = torch.full((1, 210, 160), 0.01)             # noise below the floor, however much of it
-    assert torch.equal(commit_ball(classes, faint, BALL, BLACK, 1.0, generator), classes)
+    assert torch.equal(commit_ball(classes, faint.__getitem__, BALL, BLACK, 1.0, generator), classes)
 
 
 def test_specks_of_a_fading_ball_are_replaced_by_one_whole_ball():
@@ -63,5 +63,5 @@ def test_specks_of_a_fading_ball_are_replaced_by_one_whole_ball():
     classes[0, 60:62, 30] = BALL                       # two red pixels left of a ball
     prob = torch.zeros(1, 210, 160)
     prob[0, 59:63, 30:32] = 0.7
-    out = rgb(commit_ball(classes, prob, BALL, BLACK, 0.0)[0])
+    out = rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, 0.0)[0])
     assert ball_count(out) == 1 and ball_xy(out) == (30.5, 60.5)

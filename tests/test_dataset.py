@@ -94,3 +94,22 @@ def test_unlisted_episode_is_a_problem_unless_a_recording_is_running(data_copy):
     assert ds.verify_dataset(data_copy, decode=False) == []
     result = run_script("02_record_videos.py", "--policy", "random", "--preset", "smoke", "--data-dir", str(data_copy))
     assert result.returncode == 2 and "another recording" in result.stderr
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    """Files written through the atomic writer get the permissions a plain open() would give them."""
+    import os
+
+    from common.io import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        atomic_write_json(tmp_path / "b.json", {"x": 1})
+        assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

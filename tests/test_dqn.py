@@ -139,6 +139,9 @@ def test_smoke_run_resume_and_evaluate(tmp_path):
     latest = torch.load(out / "latest.pt", weights_only=True)
     assert latest["step"] == 400 and latest["updates"] > 0
 
+    refused = run_script(*common)           # a second run without --resume would replace the first
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "--fresh" in refused.stderr
+    assert torch.load(out / "latest.pt", weights_only=True)["step"] == 400
     resumed = run_script(*common, "--resume", "--total-steps", "500")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     again = torch.load(out / "latest.pt", weights_only=True)

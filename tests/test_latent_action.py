@@ -220,6 +220,45 @@ def test_resume_continues_from_latest(smoke_data, smoke_latent, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from step {before}" in result.stdout
     assert torch.load(root / "latent_action" / "latest.pt", weights_only=True)["step"] == before + 3
+    spent = run_script("03_train_latent_action.py", "--preset", "smoke", "--resume", "--data-dir", str(smoke_data),
+                       "--checkpoint-dir", str(root), "--log-dir", str(tmp_path / "runs"),
+                       "--time-budget", "5", "--max-steps", str(before + 3))
+    assert spent.returncode == 2 and "spent its budget" in spent.stderr   # nothing rewritten with 0 updates
+    other = tmp_path / "other_data"                                       # the same data set, one episode less
+    shutil.copytree(smoke_data / "actions", other / "actions")
+    shutil.copytree(smoke_data / "raw_gameplay", other / "raw_gameplay")
+    level = next((other / "actions").glob("skill_level_*_actions.json"))
+    doc = json.loads(level.read_text())
+    shutil.rmtree(other / doc["episodes"].pop()["folder"])
+    level.write_text(json.dumps(doc))
+    moved = run_script("03_train_latent_action.py", "--preset", "smoke", "--resume", "--data-dir", str(other),
+                       "--checkpoint-dir", str(root), "--log-dir", str(tmp_path / "runs"), "--max-steps", "999")
+    assert moved.returncode == 2 and "another data set" in moved.stderr and "Traceback" not in moved.stderr
+
+
+def test_an_output_folder_that_cannot_be_written_stops_before_training(smoke_data, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run_script("03_train_latent_action.py", "--preset", "smoke", "--data-dir", str(smoke_data),
+                        "--checkpoint-dir", str(blocker / "ck"), "--log-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "cannot write" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_trained_model_is_replaced_only_with_fresh(smoke_data, smoke_latent, tmp_path):
+    """03 without --resume in a folder holding a trained model refuses before any work."""
+    root = tmp_path / "ck"
+    shutil.copytree(smoke_latent, root)
+    best = root / "latent_action" / "best.pt"
+    before = best.read_bytes()
+    dirs = ["--data-dir", str(smoke_data), "--checkpoint-dir", str(root), "--log-dir", str(tmp_path / "runs")]
+    refused = run_script("03_train_latent_action.py", "--preset", "smoke", *dirs)
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "--fresh" in refused.stderr
+    assert "Traceback" not in refused.stderr and best.read_bytes() == before
+    both = run_script("03_train_latent_action.py", "--preset", "smoke", "--resume", "--fresh", *dirs)
+    assert both.returncode == 2 and "one of --resume and --fresh" in both.stderr
+    fresh = run_script("03_train_latent_action.py", "--preset", "smoke", "--fresh", "--max-steps", "3", *dirs)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert torch.load(root / "latent_action" / "latest.pt", weights_only=True)["step"] == 3
 
 
 def test_frame_cache_is_reused_and_rebuilt_when_the_data_set_changes(smoke_data, tmp_path):

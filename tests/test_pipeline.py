@@ -29,6 +29,18 @@ def test_smoke_pipeline_runs_every_stage_and_reports(tmp_path: Path) -> None:
         assert gif.n_frames >= 60
     assert "pipeline summary" in result.stdout
 
+    # run again: every training stage is complete and current, so it is kept, not retrained
+    stamps = {p: p.stat().st_mtime_ns for p in (ckpt / "dqn" / "latest.pt", ckpt / "latent_action" / "best.pt",
+                                                ckpt / "latent_action" / "action_to_latent_best.pt")}
+    again = subprocess.run([sys.executable, "run_pipeline.py", "--preset", "smoke", "--data-dir", str(data),
+                            "--checkpoint-dir", str(ckpt), "--log-dir", str(logs)],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert again.stdout.count(": kept ") == 5 and "FRESH=1" in again.stdout
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+    kept = json.loads((data / "pipeline_summary.json").read_text())
+    assert [name[:2] for name in kept["stage_seconds"]] == ["06", "06"]
+
 
 def test_the_pipeline_gives_stage_3_every_core_except_in_smoke() -> None:
     """Stage 3's own load check would see the pipeline's just-finished stage 2 and pick one thread."""
@@ -41,3 +53,30 @@ def test_the_pipeline_gives_stage_3_every_core_except_in_smoke() -> None:
     assert quick[quick.index("--threads") + 1] == str(os.cpu_count())
     smoke = dict(stage_commands("smoke", "d", "c", "r"))["03 train latent actions + world model"]
     assert "--threads" not in smoke
+
+
+def test_the_pipeline_plans_keep_resume_and_fresh(tmp_path: Path) -> None:
+    """What a second run does with each stage's result: kept when current, resumed when interrupted,
+    retrained with --fresh when asked or when an earlier stage ran again."""
+    import os
+
+    sys.path.insert(0, str(REPO))
+    from run_pipeline import plan_stage
+
+    data, ckpt = tmp_path / "data", tmp_path / "ck"
+    stage_3 = "03 train latent actions + world model"
+    pairs = data / "actions" / "summary.json"
+    latest = ckpt / "latent_action" / "latest.pt"
+    for path in (pairs, latest):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert plan_stage(stage_3, data, ckpt, False, False, pairs) == ("run", ["--resume"])     # interrupted
+    metrics = ckpt / "latent_action" / "metrics.json"
+    metrics.write_text("x")
+    os.utime(pairs, (1, 1))
+    assert plan_stage(stage_3, data, ckpt, False, False, pairs) == ("keep", [])              # complete, current
+    assert plan_stage(stage_3, data, ckpt, True, False, pairs) == ("run", ["--fresh"])       # FRESH=1
+    assert plan_stage(stage_3, data, ckpt, False, True, pairs) == ("run", ["--fresh"])       # upstream ran
+    os.utime(metrics, (0, 0))
+    assert plan_stage(stage_3, data, ckpt, False, False, pairs) == ("run", ["--fresh"])      # older than its data
+    assert plan_stage("06 evaluate control", data, ckpt, False, False, metrics) == ("run", [])

@@ -125,6 +125,20 @@ def test_bad_inputs_raise_clear_errors(smoke_action_to_latent, start_frames):
             game.step(0, event_temperature=bad)
 
 
+def test_a_map_fit_to_another_world_model_is_refused(tmp_path, smoke_action_to_latent):
+    """A retrained Stage 3 model must not play with the old action map."""
+    shutil.copytree(Path(smoke_action_to_latent) / "latent_action", tmp_path / "latent_action")
+    NeuralBreakout.load(tmp_path)
+    best = tmp_path / "latent_action" / "best.pt"
+    payload = torch.load(best, weights_only=True)
+    payload["step"] += 1                       # the same layout, another file: as after a retraining
+    torch.save(payload, best)
+    with pytest.raises(UserError, match="04_collect.*05_train"):
+        NeuralBreakout.load(tmp_path)
+    result = run_play("--headless", "--steps", "2", "--checkpoint-dir", str(tmp_path))
+    assert result.returncode == 2 and "05_train" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_missing_checkpoints_name_the_stage(tmp_path, smoke_action_to_latent):
     with pytest.raises(UserError, match="03"):
         NeuralBreakout.load(tmp_path)
