@@ -1,6 +1,6 @@
 """Stage 1: train a DQN on Atari Breakout and save checkpoints at several skill levels.
 
-    python 01_train_dqn.py --preset quick                 # 2-core CPU, 55-minute budget
+    python 01_train_dqn.py --preset quick                 # 2-core CPU, 52-minute budget
     python 01_train_dqn.py --resume                       # continue checkpoints/dqn/latest.pt
     python 01_train_dqn.py --evaluate checkpoints/dqn/best.pt --episodes 30 --epsilon 0.05
 
@@ -40,7 +40,7 @@ PRESETS = {
                   double=True, per=True, eval_every=400, eval_episodes=2, eval_max_frames=2_000,
                   save_every_min=5.0, threads=1, log_every=200, channels_last=False),
     # chosen by measurement for the most learning per wall-clock minute on a 2-core CPU (part1.md)
-    "quick": dict(total_steps=2_000_000, time_budget=55.0, num_envs=8, replay_size=100_000, batch_size=32,
+    "quick": dict(total_steps=2_000_000, time_budget=52.0, num_envs=8, replay_size=100_000, batch_size=32,
                   lr=2.5e-4, n_step=3, target_update=500, learning_starts=5_000, updates_per_step=0.125,
                   eps_end=0.02, eps_decay_steps=50_000, stack=8, conv_widths=[16, 32, 32], fc_width=256,
                   dueling=True, double=True, per=True, eval_every=20_000, eval_episodes=8,
