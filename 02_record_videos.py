@@ -3,7 +3,7 @@
 For level 0 a uniformly random player (fresh action every step: the data the world model needs to
 learn what the player chose); for every checkpoints/dqn/skill_level_k.pt (k >= 1) the DQN agent.
 Writes one native 210x160 RGB PNG per agent step, data/actions/skill_level_k_actions.json, an MP4
-per episode and data/actions/summary.json (DESIGN.md, 02 contract). Games run in parallel; each
+per episode and data/actions/summary.json. Games run in parallel; each
 episode lands in a temporary folder that is renamed when complete, and the JSON is rewritten
 atomically after every episode, so Ctrl-C or a crash leaves only complete episodes.
 

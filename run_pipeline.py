@@ -99,7 +99,7 @@ def agent_summary(dqn_dir: Path) -> dict:
 
 
 def summarize(data_dir: Path, ckpt_dir: Path, timings: dict[str, float]) -> dict:
-    """Collect the measures every stage wrote into one dict (DESIGN.md, 'Measures')."""
+    """Collect the measures every stage wrote into one dict."""
     return {
         "stage_seconds": timings,
         "agent": agent_summary(ckpt_dir / "dqn"),

@@ -27,7 +27,7 @@ def run_main(main: Callable[[], Any]) -> None:
 
 
 def default_preset() -> str:
-    """`full` where CUDA is available, else `quick` (DESIGN.md, presets)."""
+    """`full` where CUDA is available, else `quick`."""
     import torch
 
     return "full" if torch.cuda.is_available() else "quick"

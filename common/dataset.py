@@ -1,6 +1,6 @@
 """The recorded gameplay data set (Stage 02's output): paths, loading, verification, frame reading.
 
-Layout under the data dir (DESIGN.md, 02 contract):
+Layout under the data dir (the 02 -> 03 contract):
 
     raw_gameplay/skill_level_{k}/episode_{NNN}/frame_{NNNNN}.png   native 210x160 RGB, one per agent step
     actions/skill_level_{k}_actions.json                            per-level header + one record per episode

@@ -132,7 +132,7 @@ def _usage_png(hist: np.ndarray, path: Path) -> None:
 def evaluate_world_model(model, cache: FrameCache, out_dir: str | Path, episodes: int = 8,
                          rollout_steps: int = 50, seed: int = 0, device: str | torch.device | None = None,
                          max_transitions: int = 150, max_rollouts: int = 4) -> dict:
-    """All held-out measures of DESIGN.md for one model; also writes the PNG sheets and the rollout GIF.
+    """All held-out measures of one model; also writes the PNG sheets and the rollout GIF.
 
     Per episode at most `max_transitions` evenly spaced one-step transitions and `max_rollouts`
     rollouts (starts at least 25 frames apart) are scored, so long expert games do not dominate the time.
