@@ -13,7 +13,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -104,17 +103,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rebuild-cache", action="store_true", help="decode the PNGs again even if the cache is fresh")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads (default: all cores, or 1 when the machine is already busy; smoke uses 1)")
+                   help="CPU threads (default: all cores; the smoke preset uses 1)")
     p.add_argument("--seed", type=int, default=0)
     args = apply_preset(p.parse_args(), PRESETS)
     return args
-
-
-def auto_threads() -> int:
-    """All cores on an idle machine, one thread as soon as other work shares it: measured on this shared
-    2-core CPU (bench/bench_latent.py), two threads trained 4.4 samples/s where one thread trained 20.6."""
-    cores = os.cpu_count() or 1
-    return 1 if os.getloadavg()[0] >= 0.5 * cores else cores
 
 
 def model_config(args: argparse.Namespace, palette: list) -> dict:
@@ -290,7 +282,7 @@ def save(path: Path, model, optimizer, args, step: int, elapsed: float, best_val
 
 def main() -> None:
     args = parse_args()
-    threads = set_threads(args.threads or auto_threads())
+    threads = set_threads(args.threads)
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     out_dir = checkpoint_dir(args.checkpoint_dir)

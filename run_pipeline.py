@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -27,15 +26,10 @@ def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str) -> l
     """(name, argv) for each stage; 06 runs headless: an evaluation and the random-player GIF."""
     dirs = ["--data-dir", data_dir, "--checkpoint-dir", ckpt_dir]
     with_preset = ["--preset", preset, *dirs]
-    # 03 on its own picks one thread when the load average shows other work; here that work is the
-    # pipeline's own stage 02, just finished, so 03 is told to use every core (2 threads trained
-    # 1.5-2x the samples/s of one on the idle 2-core CPU, part2.md). Smoke keeps its preset's 1 thread.
-    latent_threads = [] if preset == "smoke" else ["--threads", str(os.cpu_count() or 1)]
     return [
         ("01 train DQN", ["01_train_dqn.py", *with_preset, "--log-dir", log_dir]),
         ("02 record videos", ["02_record_videos.py", *with_preset]),
-        ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset, "--log-dir", log_dir,
-                                                   *latent_threads]),
+        ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset, "--log-dir", log_dir]),
         ("04 collect action-latent pairs", ["04_collect_action_latent_pairs.py", *dirs]),
         ("05 train action->latent", ["05_train_action_to_latent.py", *with_preset]),
         ("06 evaluate control", ["06_play_neural_breakout.py", "--evaluate", *with_preset]),

@@ -42,17 +42,26 @@ def test_smoke_pipeline_runs_every_stage_and_reports(tmp_path: Path) -> None:
     assert [name[:2] for name in kept["stage_seconds"]] == ["06", "06"]
 
 
-def test_the_pipeline_gives_stage_3_every_core_except_in_smoke() -> None:
-    """Stage 3's own load check would see the pipeline's just-finished stage 2 and pick one thread."""
+def test_stage_3_uses_every_core_by_default_and_one_in_smoke() -> None:
+    """One clear default, whatever else the machine is doing: all cores, and 1 thread for the smoke preset."""
+    import importlib
     import os
 
     sys.path.insert(0, str(REPO))
-    from run_pipeline import stage_commands
+    script = importlib.import_module("03_train_latent_action")
+    quick = _parsed(script, "--preset", "quick")
+    assert quick.threads is None and script.set_threads(quick.threads) == os.cpu_count()
+    assert _parsed(script, "--preset", "smoke").threads == 1
+    assert _parsed(script, "--preset", "quick", "--threads", "1").threads == 1
 
-    quick = dict(stage_commands("quick", "d", "c", "r"))["03 train latent actions + world model"]
-    assert quick[quick.index("--threads") + 1] == str(os.cpu_count())
-    smoke = dict(stage_commands("smoke", "d", "c", "r"))["03 train latent actions + world model"]
-    assert "--threads" not in smoke
+
+def _parsed(script, *argv: str):
+    old = sys.argv
+    sys.argv = ["03_train_latent_action.py", *argv]
+    try:
+        return script.parse_args()
+    finally:
+        sys.argv = old
 
 
 def test_the_pipeline_plans_keep_resume_and_fresh(tmp_path: Path) -> None:
