@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from common.action_to_latent import file_fingerprint, past_frame_indices
 from common.cli import pick_device, positive_int, run_main, set_threads
-from common.dataset import level_files, read_level, require_dataset
+from common.dataset import ACTION_NAMES, level_files, read_level, require_dataset
 from common.frame_cache import load_frame_cache
 from common.io import atomic_write_bytes, atomic_write_json
 from common.latent_action import load_latent_action_model
@@ -27,7 +27,6 @@ from common.metrics import perplexity
 
 PAIRS_NAME = "action_latent_pairs.json"
 STATS_NAME = "action_latent_stats.json"
-DEFAULT_ACTION_NAMES = ["NOOP", "FIRE", "RIGHT", "LEFT"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -81,7 +80,7 @@ def action_names(data_dir: str | Path) -> list[str]:
         names = read_level(path).get("action_meanings")
         if names:
             return list(names)
-    return DEFAULT_ACTION_NAMES
+    return list(ACTION_NAMES)
 
 
 def code_statistics(records: list[dict], names: list[str]) -> dict:

@@ -37,13 +37,13 @@ from tqdm import tqdm
 from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int,
                         pick_device, positive_float, positive_int, run_main, set_threads)
 from common.control_eval import evaluate_control, measure_play_speed
-from common.dataset import actions_path, load_episodes, read_frames, read_level
+from common.dataset import (ACTION_NAMES, FIRE, LEFT, NOOP, RIGHT, actions_path, load_episodes, read_frames,
+                            read_level)
 from common.game_eval import evaluate_game, follow_ball
 from common.io import atomic_write_bytes, atomic_write_json
 from common.recorder import make_env
-from common.world_model import ACTION_NAMES, NeuralBreakout
+from common.world_model import NeuralBreakout
 
-NOOP, FIRE, RIGHT, LEFT = range(4)
 HUD_HEIGHT = 14  # px under the 210x160 frame in files; 210 + 14 = 224 keeps the MP4 16-aligned
 PRESETS = {  # budgets of --evaluate only; playing has no budget
     "smoke": {"max_windows": 4, "speed_steps": 20, "game_starts": 2, "games": 1, "game_steps": 20},

@@ -24,6 +24,8 @@ import numpy as np
 from common.cli import UserError
 
 FRAME_SHAPE = (210, 160, 3)
+ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")  # Breakout's minimal action set, in ALE's order
+NOOP, FIRE, RIGHT, LEFT = range(len(ACTION_NAMES))
 SPLITS = ("train", "val", "test")
 FORMAT = 1
 STAGE = "02_record_videos.py"

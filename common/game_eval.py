@@ -38,11 +38,11 @@ from tqdm import tqdm
 
 from common.action_to_latent import knob_positions, previous_action_rows
 from common.control_eval import ball_match
+from common.dataset import FIRE, LEFT, NOOP, RIGHT
 from common.detectors import (PLAY_LEFT, PLAY_RIGHT, ball_count, ball_xy, brick_mask, digits, lives, paddle_x,
                               ram_positions, score)
 from common.recorder import make_env
 
-NOOP, FIRE, RIGHT, LEFT = 0, 1, 2, 3
 RANDOM_SHARE = 0.15        # the policy's uniformly random actions
 FOLLOW_DEADBAND_PX = 4.0   # the policy leaves the paddle where it is when the ball is this close in x
 SERVE_ACTIONS = (FIRE,) + (NOOP,) * 9

@@ -15,11 +15,11 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
+from common.dataset import ACTION_NAMES
 from common.frame_cache import FrameCache
 from common.latent_action import past_frame_rows
 from common.metrics import perplexity, psnr, ssim
 
-ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")
 
 
 def action_code_table(actions: np.ndarray, codes: np.ndarray, num_codes: int, num_actions: int = 4) -> dict:

@@ -22,10 +22,9 @@ import torch
 
 from common.action_to_latent import KNOB_START, knob_positions
 from common.ball_sampler import commit_ball
+from common.dataset import ACTION_NAMES, FRAME_SHAPE
 from common.detectors import RED
 
-FRAME_SHAPE = (210, 160, 3)
-ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")  # Breakout's minimal action set
 
 
 def check_frames(frames: Any, count: int) -> np.ndarray:
