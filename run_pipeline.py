@@ -52,20 +52,20 @@ def plan_stage(name: str, data_dir: Path, ckpt_dir: Path, fresh: bool, upstream_
     """("run" | "keep", extra flags) for one stage: keep a complete, current result; resume an interrupted
     world model; start over (--fresh) where a result exists but is stale or a fresh run was asked for."""
     result = stage_result(name, data_dir, ckpt_dir)
-    trainer = name[:2] in ("01", "03", "05")
     if result is None:
         return "run", []
     current = result.exists() and (previous is None or not previous.exists()
                                    or result.stat().st_mtime >= previous.stat().st_mtime)
     if not fresh and not upstream_ran and current:
         return "keep", []
-    interrupted = ckpt_dir / "latent_action" / "latest.pt"
-    if name[:2] == "03" and not fresh and not upstream_ran and interrupted.exists() and not result.exists():
+    # the file whose presence makes a training stage refuse to start without --resume or --fresh
+    trained = {"01": ckpt_dir / "dqn" / "latest.pt", "03": ckpt_dir / "latent_action" / "latest.pt",
+               "05": ckpt_dir / "latent_action" / "action_to_latent_best.pt"}.get(name[:2])
+    if trained is None or not trained.exists():
+        return "run", []
+    if name[:2] == "03" and not fresh and not upstream_ran and not result.exists():
         return "run", ["--resume"]
-    replaces = (ckpt_dir / "dqn" / "latest.pt" if name[:2] == "01" else interrupted if name[:2] == "03"
-                else ckpt_dir / "latent_action" / "action_to_latent_best.pt")
-    return "run", (["--fresh"] if trainer and replaces.exists() else [])
-
+    return "run", ["--fresh"]
 
 def _load(path: Path) -> dict:
     try:

@@ -152,9 +152,10 @@ def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30
             def inferred_step(p: torch.Tensor, s: int) -> torch.Tensor:
                 """The world model on its own output, with the latent the encoder infers from real frames s..k+s."""
                 model = game.latent_model
+                device = model.vq.codebook.device
                 with torch.inference_mode():
-                    codes = model.encode(clips[:, s:k + s], clips[:, k + s])
-                    events = model.encode_event(clips[:, s:k + s], clips[:, k + s]) if model.event_classes else None
+                    codes, events = model.infer_latents(model.to_index(clips[:, s:k + s].to(device)),
+                                                        model.to_index(clips[:, k + s].to(device)))
                 return game.predict(p, codes, events)
 
             results["inferred_latents"].append(_score(_rollout(inferred_step, past, horizon), real, control_steps))

@@ -509,8 +509,7 @@ class LatentActionModel(nn.Module):
         """Teacher-forced pass on class indices (the event class from the posterior's argmax):
         (folded logits, see decode_logits; codes (B, positions); vq loss)."""
         quantized, codes, vq_loss = self.encode_indices(past, nxt)
-        events = self.event_posterior_logits(self.last_cells).argmax(-1) if self.event_classes else None
-        return self.decode_logits(past, self.conditioning(quantized, events)), codes, vq_loss
+        return self.decode_logits(past, self.conditioning(quantized, self.inferred_events())), codes, vq_loss
 
     # ----- public uint8 API -------------------------------------------------------------------
 
@@ -526,8 +525,12 @@ class LatentActionModel(nn.Module):
         """past (B,k,H,W), nxt (B,H,W) class indices -> (action codes (B, positions), the posterior's most
         likely event classes (B,) or None without the event latent): what the real next frame shows."""
         _, codes, _ = self.encode_indices(past, nxt)
-        events = self.event_posterior_logits(self.last_cells).argmax(-1) if self.event_classes else None
-        return codes, events
+        return codes, self.inferred_events()
+
+    def inferred_events(self) -> torch.Tensor | None:
+        """The posterior's most likely event classes (B,) for the transitions encode_indices() saw last,
+        or None without the event latent."""
+        return self.event_posterior_logits(self.last_cells).argmax(-1) if self.event_classes else None
 
     @torch.no_grad()
     def encode_event(self, past: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
@@ -595,8 +598,8 @@ def load_latent_action_model(checkpoint_root: str | Path, device: str | torch.de
 
     if which not in ("best", "latest"):
         raise UserError(f"which must be 'best' or 'latest', got {which!r}")
-    payload = load_checkpoint(checkpoint_dir(checkpoint_root) / f"{which}.pt", CHECKPOINT_KIND, STAGE)
     path = checkpoint_dir(checkpoint_root) / f"{which}.pt"
+    payload = load_checkpoint(path, CHECKPOINT_KIND, STAGE)
     if isinstance(payload.get("config"), dict) and "event_classes" not in payload["config"]:
         raise UserError(f"{path} was trained by an earlier version, without the random event latent that "
                         f"serves the ball: re-run {STAGE}, then 04 and 05")
