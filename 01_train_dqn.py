@@ -32,26 +32,31 @@ from common.dqn import (RND, DeepMindRMSprop, DQNPolicy, build_q_network, evalua
 from common.io import atomic_write_json, check_writable, load_checkpoint, save_checkpoint
 from common.replay import FrameReplay
 
+# evaluation means that name the skill levels; the quick preset's are what its 52 minutes reach (part1.md)
+QUICK_THRESHOLDS = [10.0, 20.0, 30.0]
+
 PRESETS = {
     # the whole loop in a few seconds, for tests
     "smoke": dict(total_steps=400, time_budget=0.5, num_envs=2, replay_size=4_000, batch_size=16, lr=1e-4,
                   n_step=3, target_update=20, learning_starts=200, updates_per_step=0.25, eps_end=0.1,
                   eps_decay_steps=300, stack=8, conv_widths=[8, 16, 16], fc_width=64, dueling=True,
                   double=True, per=True, eval_every=400, eval_episodes=2, eval_max_frames=2_000,
-                  save_every_min=5.0, threads=1, log_every=200, channels_last=False),
+                  save_every_min=5.0, threads=1, log_every=200, channels_last=False,
+                  skill_thresholds=[1.0, 2.0]),
     # chosen by measurement for the most learning per wall-clock minute on a 2-core CPU (part1.md)
     "quick": dict(total_steps=2_000_000, time_budget=52.0, num_envs=8, replay_size=100_000, batch_size=32,
                   lr=2.5e-4, n_step=3, target_update=500, learning_starts=5_000, updates_per_step=0.125,
                   eps_end=0.02, eps_decay_steps=50_000, stack=8, conv_widths=[16, 32, 32], fc_width=256,
                   dueling=True, double=True, per=True, eval_every=20_000, eval_episodes=8,
-                  eval_max_frames=40_000, save_every_min=5.0, threads=1, log_every=5_000, channels_last=True),
+                  eval_max_frames=40_000, save_every_min=5.0, threads=1, log_every=5_000, channels_last=True,
+                  skill_thresholds=QUICK_THRESHOLDS),
     # the seeds' numbers (seed 000) for a GPU
     "full": dict(total_steps=10_000_000, time_budget=0.0, num_envs=8, replay_size=100_000, batch_size=128,
                  lr=1e-4, n_step=3, target_update=1_000, learning_starts=20_000, updates_per_step=0.25,
                  eps_end=0.1, eps_decay_steps=1_000_000, stack=8, conv_widths=[32, 64, 64], fc_width=512,
                  dueling=True, double=True, per=True, eval_every=250_000, eval_episodes=30,
                  eval_max_frames=108_000, save_every_min=5.0, threads=0, log_every=10_000,
-                 channels_last=False),
+                 channels_last=False, skill_thresholds=[50.0, 150.0, 250.0]),
 }
 
 # Nature DQN (Mnih et al. 2015; seed 004 Track A): overrides preset values, explicit flags still win
@@ -139,7 +144,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--eval-episodes", type=positive_int, default=None, help="full games per evaluation")
     g.add_argument("--eval-epsilon", type=probability, default=None)
     g.add_argument("--eval-max-frames", type=positive_int, default=None, help="emulator frames cap per game")
-    g.add_argument("--skill-thresholds", type=float, nargs="+", default=[50.0, 150.0, 250.0])
+    g.add_argument("--skill-thresholds", type=positive_float, nargs="+", default=None,
+                   help="evaluation means naming skill levels 1, 2, ... (smoke 1 2, quick "
+                        f"{' '.join(f'{t:g}' for t in QUICK_THRESHOLDS)}, full 50 150 250). A run that reaches "
+                        "none still saves its best network as skill_level_1.pt, marked threshold_reached false")
     g.add_argument("--evaluate", metavar="CHECKPOINT", help="only evaluate this checkpoint and exit")
     g.add_argument("--episodes", type=positive_int, default=None, help="games for --evaluate (default 30)")
     g.add_argument("--epsilon", type=probability, default=None, help="epsilon for --evaluate (default 0.05)")
@@ -227,7 +235,8 @@ class Trainer:
             self.online.to(memory_format=torch.channels_last)
             self.target.to(memory_format=torch.channels_last)
         if args.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.online.parameters(), lr=args.lr, eps=args.adam_eps)
+            self.optimizer = torch.optim.Adam(self.online.parameters(), lr=args.lr, eps=args.adam_eps,
+                                              fused=self.device.type in ("cpu", "cuda"))  # one kernel, 4x faster
         else:
             self.optimizer = DeepMindRMSprop(self.online.parameters(), lr=args.lr)
         self.forward = torch.compile(self.online) if args.compile else self.online
@@ -337,8 +346,8 @@ class Trainer:
         a = self.args
         beta = a.per_beta + (1.0 - a.per_beta) * min(1.0, self.step / a.total_steps)
         batch = self.replay.sample(a.batch_size, self.rng, beta)
-        obs = to_model_input(batch["obs"], self.device, a.channels_last)
-        next_obs = to_model_input(batch["next_obs"], self.device, a.channels_last)
+        obs = to_model_input(batch["obs"], self.device, a.channels_last, scale=True)
+        next_obs = to_model_input(batch["next_obs"], self.device, a.channels_last, scale=True)
         actions = torch.as_tensor(batch["actions"], device=self.device)
         returns = torch.as_tensor(batch["returns"], device=self.device)
         bootstrap = torch.as_tensor(batch["bootstrap"], device=self.device)
@@ -397,10 +406,24 @@ class Trainer:
         for level, threshold in enumerate(self.args.skill_thresholds, start=1):
             if score >= threshold and threshold not in self.skill_reached:
                 self.skill_reached.append(threshold)
-                self.save_policy(f"skill_level_{level}.pt", score, skill_level=level, threshold=threshold)
+                self.save_policy(f"skill_level_{level}.pt", score, skill_level=level, threshold=threshold,
+                                 threshold_reached=True)
                 progress.write(f"skill level {level} (mean >= {threshold:g}) reached: skill_level_{level}.pt")
         self.save_latest()
         return score
+
+    def keep_best_as_top_level(self) -> None:
+        """A run that reached no threshold still leaves a played level for stage 2: its best network becomes
+        skill_level_1.pt, labelled with its measured mean and threshold_reached false."""
+        best = self.out_dir / "best.pt"
+        if self.skill_reached or not best.exists():
+            return
+        payload = load_checkpoint(best, kind="dqn", stage_hint="01_train_dqn.py")
+        threshold = self.args.skill_thresholds[0]
+        save_checkpoint(self.out_dir / "skill_level_1.pt", **{**payload, "skill_level": 1, "threshold": threshold,
+                                                                "threshold_reached": False})
+        print(f"no evaluation reached {threshold:g}: best.pt (mean {payload['eval_score']:.1f}) saved as "
+              f"skill_level_1.pt, marked threshold_reached false")
 
     def log_train(self, writer, sps: float, ups: float, explore: float) -> None:
         recent = float(np.mean(self.recent_scores[-20:])) if self.recent_scores else float("nan")
@@ -529,6 +552,7 @@ class Trainer:
             progress.close()
             if self.last_eval_step != self.step:
                 self.evaluate_and_save(writer, progress)
+            self.keep_best_as_top_level()
         except KeyboardInterrupt:
             progress.close()
             self.save_latest()

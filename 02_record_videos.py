@@ -37,7 +37,7 @@ from common.recorder import (RANDOM_ENV_CONFIG, choose_split, episode_seed, gym_
 
 PRESETS = {
     "smoke": {"random_episodes": 4, "episodes": 2, "max_steps": 60},
-    "quick": {"random_episodes": 130, "episodes": 5, "max_steps": 4000},
+    "quick": {"random_episodes": 130, "episodes": 25, "max_steps": 4000},
     "full": {"random_episodes": 50, "episodes": 50, "max_steps": 27_000},
 }
 
@@ -162,7 +162,8 @@ def level_header(plan: dict, frame_skip: int | None) -> dict:
         policy = load_policy(plan["checkpoint"], "cpu")
         env_config = dict(policy.env_config)
         checkpoint = {"name": plan["checkpoint"].name, "sha1": file_sha1(plan["checkpoint"]),
-                      "step": policy.step, "eval_score": policy.eval_score}
+                      "step": policy.step, "eval_score": policy.eval_score, "threshold": policy.threshold,
+                      "threshold_reached": policy.threshold_reached}
     env_config["frame_skip"] = frame_skip or env_config["frame_skip"]
     return {"format": ds.FORMAT, "game": env_config["game"], "env_id": gym_id(env_config["game"]),
             "level": plan["level"], "frame_skip": env_config["frame_skip"],
@@ -308,6 +309,8 @@ def summarize(data_dir: Path) -> dict:
         levels[str(level)] = {
             "policy": doc.get("policy"), "checkpoint": (doc.get("checkpoint") or {}).get("name"),
             "checkpoint_eval_score": (doc.get("checkpoint") or {}).get("eval_score"),
+            "threshold": (doc.get("checkpoint") or {}).get("threshold"),
+            "threshold_reached": (doc.get("checkpoint") or {}).get("threshold_reached"),
             "frame_skip": doc.get("frame_skip"), "episodes": len(episodes),
             "frames": int(sum(e["num_frames"] for e in episodes)),
             "splits": {s: sum(e["split"] == s for e in episodes) for s in ds.SPLITS},

@@ -93,7 +93,7 @@ def parse_args() -> argparse.Namespace:
                    help="updates after which a collapsed codebook (perplexity < 1.3) stops training")
     p.add_argument("--eval-every", type=positive_float, default=None, help="seconds between validation passes")
     p.add_argument("--val-batches", type=positive_int, default=None)
-    p.add_argument("--eval-episodes", type=positive_int, default=None, help="test episodes for the final evaluation")
+    p.add_argument("--eval-episodes", type=positive_int, default=None, help="test episodes per skill level for the final evaluation")
     p.add_argument("--rollout-steps", type=positive_int, default=None, help="longest rollout in the evaluation")
     p.add_argument("--resume", action="store_true", help="continue from latent_action/latest.pt")
     p.add_argument("--fresh", action="store_true",
@@ -480,6 +480,10 @@ def evaluate(args: argparse.Namespace, cache: FrameCache, device: torch.device, 
           f"{metrics['one_step']['copy_last_psnr']:.2f}); delta-PSNR {metrics['delta_psnr']:.2f} dB; "
           f"codes vs real actions: purity {metrics['codes']['action_purity']:.3f}, separation "
           f"{metrics['codes']['action_separation']:.3f}; wrote {out_dir}/metrics.json")
+    for level, row in metrics["by_level"].items():
+        steps = " / ".join("-" if v is None else f"{v:.1f}" for v in row["psnr_at_steps_1_10_30"])
+        print(f"  {level}: {row['episodes']} test episodes, one-step PSNR {row['one_step_psnr']:.2f} dB, "
+              f"rollout PSNR at steps 1/10/30 {steps} dB")
 
 
 if __name__ == "__main__":

@@ -411,6 +411,10 @@ def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list,
           f"({control['real_ball_visible_share']:.0%}): ball {_percent(ours['ball_within_4px_when_real_ball_visible'])}")
     print(f"PSNR step 1 {ours['psnr_db_by_step'][0]:.2f} dB, step {len(ours['psnr_db_by_step'])} "
           f"{ours['psnr_db_by_step'][-1]:.2f} dB")
+    for level, row in ours["by_level"].items():
+        print(f"  {level}: {row['windows']} rollouts, paddle {row['paddle_within_3px']:.1%}, ball within 4 px "
+              f"{row['ball_within_4px']:.1%}, ball kept {_percent(row['ball_kept'])}, PSNR at steps 1/10/30 "
+              + " / ".join(f"{v:.1f}" for v in row["psnr_db_at_steps_1_10_30"]) + " dB")
     print_game_measures(game_measures)
     for name, measured in speeds.items():
         print(f"play ({name.replace('_', ' ')}): p50 {measured['latency_ms_p50']:.1f} ms, "

@@ -18,7 +18,9 @@ Beside them, to read the numbers honestly:
   and without the prior's draws;
 - the share of steps where the real ball is visible, and the ball match on those steps only;
 - the share of steps where the real paddle is more than 3 px from where it started, and the paddle
-  match on those steps only: there the model must have moved the paddle as the actions said.
+  match on those steps only: there the model must have moved the paddle as the actions said;
+- per skill level: the paddle and ball matches, the ball kept (steps where the real frame shows a ball
+  and the generated one shows one too) and PSNR at steps 1, 10 and 30.
 
 Play speed: latency of NeuralBreakout.step at batch 1 (p50 / p95) and frames per second.
 """
@@ -61,15 +63,21 @@ def ball_match(pred: np.ndarray, real: np.ndarray) -> bool:
 def rollout_windows(episodes: Sequence[Any], context: int, horizon: int, max_windows: int) -> list[tuple[Any, int]]:
     """Start points (episode, t0) where t0 is the last real context frame and t0 + horizon exists.
 
-    Windows do not overlap within an episode (t0 advances by `horizon`); when there are more than
-    `max_windows`, an evenly spaced subset is kept so every part of every episode is represented.
+    Windows do not overlap within an episode (t0 advances by `horizon`); when a skill level has more than
+    `max_windows`, an evenly spaced subset of its windows is kept, so every level and every part of every
+    episode is represented (long skilled games would otherwise crowd out random play).
     """
-    windows = []
+    by_level: dict[int, list[tuple[Any, int]]] = {}
     for episode in episodes:
-        windows += [(episode, t0) for t0 in range(context - 1, episode.num_frames - horizon, horizon)]
-    if len(windows) > max_windows:
-        keep = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
-        windows = [windows[i] for i in keep]
+        by_level.setdefault(getattr(episode, "level", 0), []).extend(
+            (episode, t0) for t0 in range(context - 1, episode.num_frames - horizon, horizon))
+    windows = []
+    for level in sorted(by_level):
+        level_windows = by_level[level]
+        if len(level_windows) > max_windows:
+            keep = np.linspace(0, len(level_windows) - 1, max_windows).round().astype(int)
+            level_windows = [level_windows[i] for i in keep]
+        windows += level_windows
     return windows
 
 
@@ -88,12 +96,14 @@ def _score(generated: np.ndarray, real: np.ndarray, control_steps: int) -> dict[
     batch, horizon = generated.shape[:2]
     paddle = np.zeros((batch, control_steps), bool)
     ball = np.zeros((batch, control_steps), bool)
+    shown = np.zeros((batch, control_steps), bool)  # the generated frame shows a ball at all
     for b in range(batch):
         for s in range(control_steps):
             paddle[b, s] = paddle_match(generated[b, s], real[b, s])
             ball[b, s] = ball_match(generated[b, s], real[b, s])
+            shown[b, s] = ball_xy(generated[b, s]) is not None
     quality = psnr(generated, real)  # (batch, horizon), identical frames capped at 60 dB
-    return {"paddle": paddle, "ball": ball, "psnr": quality}
+    return {"paddle": paddle, "ball": ball, "ball_shown": shown, "psnr": quality}
 
 
 def _share(matches: np.ndarray, where: np.ndarray) -> float | None:
@@ -180,10 +190,15 @@ def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30
     levels = np.array([getattr(ep, "level", 0) for ep, _ in windows])
     paddle = np.concatenate([s["paddle"] for s in results["action_to_latent"]])
     ball = np.concatenate([s["ball"] for s in results["action_to_latent"]])
+    shown = np.concatenate([s["ball_shown"] for s in results["action_to_latent"]])
+    quality = np.concatenate([s["psnr"] for s in results["action_to_latent"]])
     metrics["action_to_latent"]["by_level"] = {
         f"skill_level_{level}": {"windows": int((levels == level).sum()),
                                  "paddle_within_3px": float(paddle[levels == level].mean()),
-                                 "ball_within_4px": float(ball[levels == level].mean())}
+                                 "ball_within_4px": float(ball[levels == level].mean()),
+                                 "ball_kept": _share(shown[levels == level], visible[levels == level]),
+                                 "psnr_db_at_steps_1_10_30": [float(quality[levels == level, s - 1].mean())
+                                                              for s in (1, 10, 30) if s <= horizon]}
         for level in sorted(set(levels.tolist()))}
     return metrics
 

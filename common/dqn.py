@@ -43,7 +43,8 @@ class QNetwork(nn.Module):
         self.head = nn.Linear(fc_width, num_actions + (1 if dueling else 0))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float().div_(255.0)
+        """obs: uint8 frames, or frames already scaled to [0, 1] by `to_model_input(..., scale=True)`."""
+        x = obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs
         out = self.head(self.fc(self.convs(x)))
         if not self.dueling:
             return out
@@ -57,20 +58,27 @@ def build_q_network(model_config: dict) -> QNetwork:
 
 
 def to_model_input(obs: np.ndarray | torch.Tensor, device: torch.device | str,
-                   channels_last: bool = False) -> torch.Tensor:
+                   channels_last: bool = False, scale: bool = False) -> torch.Tensor:
+    """uint8 frames on the device; `scale` converts them to floats in [0, 1] once, for a batch that
+    several forward passes read (the online and target nets both see the next observations)."""
     tensor = torch.as_tensor(obs).to(device, non_blocking=True)
-    return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
+    if channels_last:
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    return tensor.float().div_(255.0) if scale else tensor
 
 
 class DQNPolicy:
     """A trained (or untrained) agent: obs (N, stack, 84, 84) uint8, oldest frame first -> actions."""
 
     def __init__(self, net: QNetwork, model_config: dict, env_config: dict, device: str | torch.device = "cpu",
-                 step: int = 0, eval_score: float | None = None):
+                 step: int = 0, eval_score: float | None = None, threshold: float | None = None,
+                 threshold_reached: bool | None = None):
         self.net = net.to(device).eval()
         self.model_config, self.env_config = model_config, env_config
         self.device = torch.device(device)
         self.step, self.eval_score = step, eval_score
+        # a skill level's evaluation-mean threshold, and whether its evaluation mean reached it
+        self.threshold, self.threshold_reached = threshold, threshold_reached
         self.num_actions = model_config["num_actions"]
 
     @torch.inference_mode()
@@ -99,7 +107,9 @@ def load_policy(path: str | Path, device: str = "cpu") -> DQNPolicy:
     except (KeyError, TypeError, RuntimeError) as err:
         raise UserError(f"{path} is a damaged dqn checkpoint ({type(err).__name__}: {str(err)[:200]}): "
                         f"re-run {STAGE_HINT}") from None
-    return DQNPolicy(net, model_config, env_config, device, payload.get("step", 0), payload.get("eval_score"))
+    threshold = payload.get("threshold")
+    return DQNPolicy(net, model_config, env_config, device, payload.get("step", 0), payload.get("eval_score"),
+                     threshold, payload.get("threshold_reached", threshold is not None))
 
 
 def td_targets(online: nn.Module, target: nn.Module, next_obs: torch.Tensor, returns: torch.Tensor,

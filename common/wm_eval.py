@@ -134,15 +134,18 @@ def evaluate_world_model(model, cache: FrameCache, out_dir: str | Path, episodes
                          max_transitions: int = 150, max_rollouts: int = 4) -> dict:
     """All held-out measures of one model; also writes the PNG sheets and the rollout GIF.
 
-    Per episode at most `max_transitions` evenly spaced one-step transitions and `max_rollouts`
-    rollouts (starts at least 25 frames apart) are scored, so long expert games do not dominate the time.
+    Up to `episodes` test episodes of each skill level are used; per episode at most `max_transitions`
+    evenly spaced one-step transitions and `max_rollouts` rollouts (starts at least 25 frames apart) are
+    scored, so long expert games do not dominate the time. `by_level` repeats the PSNR measures per level.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = device or model.vq.codebook.device
     test = cache.split("test") or cache.split("val")
     split = "test" if cache.split("test") else "val"
-    test = test[:episodes]
+    levels = sorted({episode.level for episode in test})
+    test = [episode for level in levels for episode in [e for e in test if e.level == level][:episodes]]
+    level_psnr = {level: {"one_step": [], "by_step": [[] for _ in range(rollout_steps)]} for level in levels}
     k = model.context_frames
     generator = torch.Generator().manual_seed(seed)
     one_psnr, one_ssim, copy_psnr, copy_ssim, all_codes, all_actions = [], [], [], [], [], []
@@ -159,6 +162,7 @@ def evaluate_world_model(model, cache: FrameCache, out_dir: str | Path, episodes
         codes, preds = _one_step(model, frames, t, device)
         target_rgb, pred_rgb, last_rgb = to_rgb(frames[t + 1]), to_rgb(preds), to_rgb(frames[t])
         one_psnr.append(psnr(pred_rgb, target_rgb))
+        level_psnr[episode.level]["one_step"].append(one_psnr[-1])
         one_ssim.append(ssim(pred_rgb, target_rgb))
         copy_psnr.append(psnr(last_rgb, target_rgb))
         copy_ssim.append(ssim(last_rgb, target_rgb))
@@ -175,6 +179,7 @@ def evaluate_world_model(model, cache: FrameCache, out_dir: str | Path, episodes
             gen = rollout(model, frames, starts, horizon, device, "inferred")
             for s in range(horizon):
                 by_step[s].extend(psnr(to_rgb(gen[:, s]), to_rgb(frames[starts + s + 1])).tolist())
+                level_psnr[episode.level]["by_step"][s].extend(by_step[s][-len(starts):])
             rnd = rollout(model, frames, starts, 4, device, "random", generator)
             delta_inferred.extend(psnr(to_rgb(gen[:, 3]), to_rgb(frames[starts + 4])).tolist())
             delta_random.extend(psnr(to_rgb(rnd[:, 3]), to_rgb(frames[starts + 4])).tolist())
@@ -202,5 +207,11 @@ def evaluate_world_model(model, cache: FrameCache, out_dir: str | Path, episodes
                   "per_action_histogram": table["histogram"], "action_purity": table["purity"],
                   "action_separation": table["separation"],
                   "note": "codes of position 0; real actions are used here for monitoring only"},
+        "by_level": {f"skill_level_{level}": {
+            "episodes": sum(e.level == level for e in test),
+            "one_step_psnr": float(cat(level_psnr[level]["one_step"]).mean()),
+            "psnr_at_steps_1_10_30": [float(np.mean(level_psnr[level]["by_step"][s - 1]))
+                                      if level_psnr[level]["by_step"][s - 1] else None
+                                      for s in (1, 10, 30) if s <= rollout_steps]} for level in levels},
         "files": ["samples.png", "codebook_usage.png", "rollout.gif"],
     }

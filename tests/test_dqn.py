@@ -126,12 +126,34 @@ def test_non_finite_loss_saves_and_stops_with_a_clear_message(tmp_path):
     assert all(torch.equal(saved["state_dict"][k], before[k]) for k in before)  # saved before the bad step
 
 
+def test_a_run_below_every_threshold_keeps_its_best_network_as_level_1(tmp_path):
+    """Stage 2 always gets a played level: best.pt becomes skill_level_1.pt, labelled as not reaching 1."""
+    script = load_script()
+    args = script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path), "--skill-thresholds", "5", "9"])
+    trainer = script.Trainer(args)
+    trainer.best_score = 3.5
+    trainer.save_policy("best.pt", 3.5)
+    trainer.keep_best_as_top_level()
+    level = load_policy(tmp_path / "dqn" / "skill_level_1.pt")
+    assert (level.threshold, level.threshold_reached, level.eval_score) == (5.0, False, 3.5)
+    best = torch.load(tmp_path / "dqn" / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(level.net.state_dict()[k], best[k]) for k in best)
+
+    reached = script.Trainer(script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path / "other")]))
+    reached.skill_reached = [1.0]
+    reached.save_policy("best.pt", 1.5)
+    reached.keep_best_as_top_level()                   # a reached level is never replaced by the fallback
+    assert not (tmp_path / "other" / "dqn" / "skill_level_1.pt").exists()
+    assert script.parse_args(["--preset", "quick"]).skill_thresholds == script.QUICK_THRESHOLDS
+    assert script.parse_args(["--preset", "full"]).skill_thresholds == [50.0, 150.0, 250.0]
+
+
 def test_smoke_run_resume_and_evaluate(tmp_path):
     common = ["--preset", "smoke", "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs")]
     first = run_script(*common)
     assert first.returncode == 0, first.stderr[-2000:]
     out = tmp_path / "ck" / "dqn"
-    for name in ("skill_level_0.pt", "latest.pt", "best.pt", "train_log.csv", "eval_log.csv"):
+    for name in ("skill_level_0.pt", "skill_level_1.pt", "latest.pt", "best.pt", "train_log.csv", "eval_log.csv"):
         assert (out / name).exists(), name
     assert list((tmp_path / "runs" / "dqn").glob("*/events.out.tfevents.*"))
     untrained = load_policy(out / "skill_level_0.pt")

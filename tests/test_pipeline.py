@@ -25,6 +25,14 @@ def test_smoke_pipeline_runs_every_stage_and_reports(tmp_path: Path) -> None:
     assert 0.0 <= summary["control"]["paddle_within_3px"] <= 1.0
     assert 0.0 <= summary["action_to_latent"]["test_transition_accuracy"] <= 1.0
     assert summary["world_model"]["one_step"]
+    # the smoke agent reaches no threshold, so its best network is recorded as played level 1 beside random play,
+    # and both stages that measure the world model report each level
+    recorded = json.loads((data / "actions" / "summary.json").read_text())["levels"]
+    assert set(recorded) == {"0", "1"} and recorded["1"]["policy"] == "dqn" and recorded["1"]["splits"]["test"] >= 1
+    levels = {"skill_level_0", "skill_level_1"}
+    assert set(json.loads((ckpt / "latent_action" / "metrics.json").read_text())["by_level"]) == levels
+    control = json.loads((ckpt / "latent_action" / "control_metrics.json").read_text())
+    assert set(control["details"]["action_to_latent"]["by_level"]) == levels
     with Image.open(data / "neural_random_game.gif") as gif:
         assert gif.n_frames >= 60
     assert "pipeline summary" in result.stdout

@@ -118,7 +118,7 @@ def test_dqn_levels_record_with_the_checkpoint_and_epsilon(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "ck" / "dqn" / "skill_level_1.pt", kind="dqn", model_config=model_config,
                     env_config=make_env_config("breakout"), state_dict=build_q_network(model_config).state_dict(),
-                    step=123, eval_score=4.0)
+                    step=123, eval_score=4.0, skill_level=1, threshold=10.0, threshold_reached=False)
     data_dir = tmp_path / "data"
     result = run_script("02_record_videos.py", "--preset", "smoke", "--levels", "1", "--episodes", "2",
                         "--max-steps", "30", "--epsilon", "0.5", "--workers", "1", "--no-video",
@@ -126,6 +126,9 @@ def test_dqn_levels_record_with_the_checkpoint_and_epsilon(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     doc = json.loads(ds.actions_path(data_dir, 1).read_text())
     assert doc["policy"] == "dqn" and doc["checkpoint"]["step"] == 123 and doc["checkpoint"]["eval_score"] == 4.0
+    assert doc["checkpoint"]["threshold"] == 10.0 and doc["checkpoint"]["threshold_reached"] is False
+    level = json.loads(ds.summary_path(data_dir).read_text())["levels"]["1"]
+    assert (level["threshold"], level["threshold_reached"], level["checkpoint_eval_score"]) == (10.0, False, 4.0)
     episodes = ds.load_episodes(data_dir)
     assert [e.level for e in episodes] == [1, 1] and all(e.num_frames == 31 for e in episodes)
     random_steps = sum(e.extra["random_steps"] for e in episodes)
