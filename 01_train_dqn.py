@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.atari import game_over_mask, make_env_config, make_vector_env, resolve_game
-from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int,
-                        pick_device, positive_float, positive_int, probability, refuse_to_replace, run_main,
-                        set_threads)
+from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
+                        positive_float, positive_int, probability, refuse_to_replace, run_main, set_threads)
 from common.dqn import (RND, DeepMindRMSprop, DQNPolicy, build_q_network, evaluate_policy, load_policy,
                         td_targets, to_model_input)
+from common.errors import UserError
 from common.io import atomic_write_json, check_writable, load_checkpoint, save_checkpoint
+from common.paths import dqn_checkpoint, dqn_dir
 from common.replay import FrameReplay
 
 # evaluation means that name the skill levels; the quick preset's are what its 52 minutes reach (part1.md)
@@ -76,7 +77,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_arg(p)
     g = p.add_argument_group("run")
-    g.add_argument("--data-dir", default="data", help="data root (unused by this stage, kept for symmetry)")
     g.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint ROOT; this stage writes <root>/dqn")
     g.add_argument("--log-dir", default="runs", help="TensorBoard events go to <log-dir>/dqn/<time>")
     g.add_argument("--time-budget", type=non_negative_float, default=None, help="minutes of training (0 = none)")
@@ -219,7 +219,7 @@ class Trainer:
         self.args = args
         self.device = pick_device(args.device)
         self.threads = set_threads(args.threads or None)
-        self.out_dir = Path(args.checkpoint_dir) / "dqn"
+        self.out_dir = dqn_dir(args.checkpoint_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.env_config = make_env_config(args.game, args.frame_skip, args.stack, args.noop_max, args.sticky)
         self.model_config = {"num_actions": self.env_config["num_actions"], "stack": args.stack,
@@ -269,8 +269,12 @@ class Trainer:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.args).items()
                 if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
 
+    def checkpoint(self, name: str) -> Path:
+        return dqn_checkpoint(self.args.checkpoint_dir, name)
+
     def save_policy(self, name: str, eval_score: float | None, **extra) -> None:
-        save_checkpoint(self.out_dir / name, kind="dqn", **self._policy_fields(eval_score), **extra)
+        """name: "latest", "best" or "skill_level_k"."""
+        save_checkpoint(self.checkpoint(name), kind="dqn", **self._policy_fields(eval_score), **extra)
 
     def save_latest(self) -> None:
         """Everything --resume needs except the replay, which is refilled."""
@@ -281,12 +285,12 @@ class Trainer:
                      numpy_rng=self.rng.bit_generator.state, torch_rng=torch.get_rng_state(),
                      rnd_state=self.rnd.state_dict() if self.rnd else None,
                      rnd_optimizer_state=self.rnd_optimizer.state_dict() if self.rnd else None)
-        self.save_policy("latest.pt", self.best_score if math.isfinite(self.best_score) else None, **extra)
+        self.save_policy("latest", self.best_score if math.isfinite(self.best_score) else None, **extra)
 
     def load_latest(self) -> None:
-        payload = load_checkpoint(self.out_dir / "latest.pt", kind="dqn", stage_hint="01_train_dqn.py")
+        payload = load_checkpoint(self.checkpoint("latest"), kind="dqn", stage_hint="01_train_dqn.py")
         if "optimizer_state" not in payload:
-            raise UserError(f"{self.out_dir / 'latest.pt'} holds no resume state")
+            raise UserError(f"{self.checkpoint('latest')} holds no resume state")
         if payload["model_config"] != self.model_config or payload["env_config"] != self.env_config:
             raise UserError("latest.pt was trained with a different network or game; pass the same flags "
                             f"(saved: {payload['model_config']}, {payload['env_config']['game']})")
@@ -358,7 +362,7 @@ class Trainer:
         if not torch.isfinite(loss):
             self.save_latest()
             raise UserError(f"non-finite loss at step {self.step} (update {self.updates}); saved "
-                            f"{self.out_dir / 'latest.pt'} from before it. Try a lower --lr or --grad-clip 10")
+                            f"{self.checkpoint('latest')} from before it. Try a lower --lr or --grad-clip 10")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if a.grad_clip > 0:
@@ -402,11 +406,11 @@ class Trainer:
                        f"± {result['std']:.1f} (min {result['min']:.0f}, max {result['max']:.0f})")
         if score > self.best_score:
             self.best_score = score
-            self.save_policy("best.pt", score)
+            self.save_policy("best", score)
         for level, threshold in enumerate(self.args.skill_thresholds, start=1):
             if score >= threshold and threshold not in self.skill_reached:
                 self.skill_reached.append(threshold)
-                self.save_policy(f"skill_level_{level}.pt", score, skill_level=level, threshold=threshold,
+                self.save_policy(f"skill_level_{level}", score, skill_level=level, threshold=threshold,
                                  threshold_reached=True)
                 progress.write(f"skill level {level} (mean >= {threshold:g}) reached: skill_level_{level}.pt")
         self.save_latest()
@@ -415,12 +419,12 @@ class Trainer:
     def keep_best_as_top_level(self) -> None:
         """A run that reached no threshold still leaves a played level for stage 2: its best network becomes
         skill_level_1.pt, labelled with its measured mean and threshold_reached false."""
-        best = self.out_dir / "best.pt"
+        best = self.checkpoint("best")
         if self.skill_reached or not best.exists():
             return
         payload = load_checkpoint(best, kind="dqn", stage_hint="01_train_dqn.py")
         threshold = self.args.skill_thresholds[0]
-        save_checkpoint(self.out_dir / "skill_level_1.pt", **{**payload, "skill_level": 1, "threshold": threshold,
+        save_checkpoint(self.checkpoint("skill_level_1"), **{**payload, "skill_level": 1, "threshold": threshold,
                                                                 "threshold_reached": False})
         print(f"no evaluation reached {threshold:g}: best.pt (mean {payload['eval_score']:.1f}) saved as "
               f"skill_level_1.pt, marked threshold_reached false")
@@ -505,7 +509,7 @@ class Trainer:
         if not a.resume:
             for name in ("train_log.csv", "eval_log.csv"):
                 (self.out_dir / name).unlink(missing_ok=True)
-            self.save_policy("skill_level_0.pt", None, skill_level=0, threshold=None)
+            self.save_policy("skill_level_0", None, skill_level=0, threshold=None)
         env = make_vector_env(self.env_config, a.num_envs, training=True, num_threads=a.env_threads)
         obs, info = env.reset(seed=a.seed + self.step)
         self.last_lives = info["lives"].copy()
@@ -556,7 +560,7 @@ class Trainer:
         except KeyboardInterrupt:
             progress.close()
             self.save_latest()
-            print(f"\ninterrupted at step {self.step:,}: saved {self.out_dir / 'latest.pt'} (resume with --resume)")
+            print(f"\ninterrupted at step {self.step:,}: saved {self.checkpoint('latest')} (resume with --resume)")
             raise
         finally:
             env.close()
@@ -572,8 +576,8 @@ def main() -> None:
     if args.evaluate:
         run_evaluation(args)
         return
-    refuse_to_replace(Path(args.checkpoint_dir) / "dqn" / "latest.pt", args.resume, args.fresh)
-    for folder in (Path(args.checkpoint_dir) / "dqn", Path(args.log_dir)):
+    refuse_to_replace(dqn_checkpoint(args.checkpoint_dir, "latest"), args.resume, args.fresh)
+    for folder in (dqn_dir(args.checkpoint_dir), Path(args.log_dir)):
         check_writable(folder)
     trainer = Trainer(args)
     print(f"device {trainer.device}, {trainer.threads} threads, preset {args.preset}, game {args.game}, "

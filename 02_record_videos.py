@@ -29,9 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from common import dataset as ds
-from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_int, positive_int,
-                        probability, run_main)
+from common.cli import add_preset_arg, apply_preset, non_negative_int, positive_int, probability, run_main
+from common.errors import UserError
 from common.io import atomic_write_json
+from common.paths import dqn_dir
 from common.recorder import (RANDOM_ENV_CONFIG, choose_split, episode_seed, gym_id, record_episode,
                              worker_init)
 
@@ -109,7 +110,7 @@ def file_sha1(path: Path) -> str:
 
 
 def find_checkpoints(checkpoint_dir: Path) -> dict[int, Path]:
-    folder = checkpoint_dir / "dqn"
+    folder = dqn_dir(checkpoint_dir)
     found = {}
     if folder.is_dir():
         for path in folder.glob("skill_level_*.pt"):

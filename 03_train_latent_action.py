@@ -22,14 +22,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
+from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, probability, refuse_to_replace, run_main, set_threads)
+from common.errors import UserError
 from common.frame_cache import FrameCache, load_frame_cache
 from common.io import atomic_write_json, check_writable, load_checkpoint, save_checkpoint
-from common.latent_action import (CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionModel, checkpoint_dir, fold_cells,
+from common.latent_action import (CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionModel, fold_cells,
                                    past_frame_rows)
+from common.latent_action_eval import action_code_table, evaluate_world_model
 from common.metrics import perplexity
-from common.wm_eval import action_code_table, evaluate_world_model
+from common.paths import latent_checkpoint, latent_dir, latent_metrics_path
 
 PRESETS = {
     "smoke": {"time_budget": 0.15, "max_steps": 20, "batch_size": 4, "eval_every": 4.0, "val_batches": 1,
@@ -285,16 +287,18 @@ def main() -> None:
     threads = set_threads(args.threads)
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    out_dir = checkpoint_dir(args.checkpoint_dir)
+    out_dir = latent_dir(args.checkpoint_dir)
+    latest_path = latent_checkpoint(args.checkpoint_dir, "latest")
+    best_path = latent_checkpoint(args.checkpoint_dir, "best")
     log_dir = Path(args.log_dir) / "latent_action"
     cache = load_frame_cache(args.data_dir, rebuild=args.rebuild_cache)
     if args.eval_only:
-        previous = out_dir / "metrics.json"
+        previous = latent_metrics_path(args.checkpoint_dir)
         training = json.loads(previous.read_text()).get("training", {}) if previous.exists() else {}
         evaluate(args, cache, device, training)
         return
 
-    refuse_to_replace(out_dir / "latest.pt", args.resume, args.fresh)
+    refuse_to_replace(latest_path, args.resume, args.fresh)
     for folder in (out_dir, log_dir):
         check_writable(folder)
     config = model_config(args, cache.palette)
@@ -306,12 +310,12 @@ def main() -> None:
     step, elapsed_before, best_val = 0, 0.0, math.inf
     train = TransitionSampler(cache, "train", model.context_frames, args.seed)
     if args.resume:
-        state = load_checkpoint(out_dir / "latest.pt", CHECKPOINT_KIND, "03_train_latent_action.py (without --resume)")
+        state = load_checkpoint(latest_path, CHECKPOINT_KIND, "03_train_latent_action.py (without --resume)")
         if state["config"] != config:
             raise UserError("--resume: latest.pt was trained with another model configuration; "
                             "use the same flags or start over without --resume")
         if state.get("data_fingerprint") != cache.fingerprint:
-            raise UserError(f"--resume: {out_dir / 'latest.pt'} was trained on another data set than {args.data_dir} "
+            raise UserError(f"--resume: {latest_path} was trained on another data set than {args.data_dir} "
                             f"(recorded again since?): resume on the same data, or start over with --fresh")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -414,9 +418,9 @@ def main() -> None:
                     last_eval = time.time()
                     if val_row["recon"] < best_val and not model.vq.bypass:
                         best_val = val_row["recon"]
-                        save(out_dir / "best.pt", model, optimizer, args, step, elapsed, best_val,
+                        save(best_path, model, optimizer, args, step, elapsed, best_val,
                              cache.fingerprint, train.rng)
-                    save(out_dir / "latest.pt", model, optimizer, args, step, elapsed, best_val,
+                    save(latest_path, model, optimizer, args, step, elapsed, best_val,
                          cache.fingerprint, train.rng)
                 writer.writerow([row[k] for k in row] + [val_row.get(k, "") for k in
                                                          ("recon", "changed_acc", "code_purity", "code_separation",
@@ -443,15 +447,15 @@ def main() -> None:
         stop_reason = "interrupted"
     bar.close()
     elapsed = elapsed_before + time.time() - start
-    save(out_dir / "latest.pt", model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
+    save(latest_path, model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
     final_val = validate(model, val, val_batches, device, args)
-    if final_val["recon"] < best_val or not (out_dir / "best.pt").exists():
+    if final_val["recon"] < best_val or not best_path.exists():
         best_val = final_val["recon"]
-        save(out_dir / "best.pt", model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
+        save(best_path, model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
     csv_file.close()
     tb.close()
     if stop_reason == "interrupted":
-        print(f"interrupted at step {step}: saved {out_dir / 'latest.pt'}; continue with --resume")
+        print(f"interrupted at step {step}: saved {latest_path}; continue with --resume")
         raise KeyboardInterrupt
     if stop_reason == "collapse":
         raise UserError(f"the codebook collapsed (perplexity < 1.3 after {step} updates): every transition gets "
@@ -467,19 +471,19 @@ def main() -> None:
 
 
 def evaluate(args: argparse.Namespace, cache: FrameCache, device: torch.device, training: dict) -> None:
-    """Held-out measures of best.pt (common/wm_eval.py) -> latent_action/metrics.json."""
-    out_dir = checkpoint_dir(args.checkpoint_dir)
-    state = load_checkpoint(out_dir / "best.pt", CHECKPOINT_KIND, "03_train_latent_action.py")
+    """Held-out measures of best.pt (common/latent_action_eval.py) -> latent_action/metrics.json."""
+    out_dir = latent_dir(args.checkpoint_dir)
+    state = load_checkpoint(latent_checkpoint(args.checkpoint_dir, "best"), CHECKPOINT_KIND, "03_train_latent_action.py")
     best = LatentActionModel(state["config"])
     best.load_state_dict(state["model"])
     metrics = evaluate_world_model(best.to(device).eval(), cache, out_dir, episodes=args.eval_episodes,
                                    rollout_steps=args.rollout_steps, seed=args.seed)
     metrics["training"] = training
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_json(latent_metrics_path(args.checkpoint_dir), metrics)
     print(f"one-step PSNR {metrics['one_step']['psnr']:.2f} dB (copy-last-frame "
           f"{metrics['one_step']['copy_last_psnr']:.2f}); delta-PSNR {metrics['delta_psnr']:.2f} dB; "
           f"codes vs real actions: purity {metrics['codes']['action_purity']:.3f}, separation "
-          f"{metrics['codes']['action_separation']:.3f}; wrote {out_dir}/metrics.json")
+          f"{metrics['codes']['action_separation']:.3f}; wrote {latent_metrics_path(args.checkpoint_dir)}")
     for level, row in metrics["by_level"].items():
         steps = " / ".join("-" if v is None else f"{v:.1f}" for v in row["psnr_at_steps_1_10_30"])
         print(f"  {level}: {row['episodes']} test episodes, one-step PSNR {row['one_step_psnr']:.2f} dB, "

@@ -24,9 +24,8 @@ from common.frame_cache import load_frame_cache
 from common.io import atomic_write_bytes, atomic_write_json
 from common.latent_action import load_latent_action_model
 from common.metrics import perplexity
+from common.paths import latent_checkpoint, pair_stats_path, pairs_path
 
-PAIRS_NAME = "action_latent_pairs.json"
-STATS_NAME = "action_latent_stats.json"
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,10 +40,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="CPU threads (on this busy 2-core machine 1 thread encoded 10-60%% faster than 2)")
     return parser.parse_args()
-
-
-def latent_checkpoint_file(checkpoint_root: str | Path, which: str) -> Path:
-    return Path(checkpoint_root) / "latent_action" / f"{which}.pt"
 
 
 def class_lookup(model, cache_palette: list) -> torch.Tensor:
@@ -170,18 +165,17 @@ def main() -> None:
                                 "split": episode.split, "action": int(action), "latent_code": code})
 
     meta = {
-        "latent_checkpoint": str(latent_checkpoint_file(args.checkpoint_dir, args.which)),
-        "latent_fingerprint": file_fingerprint(latent_checkpoint_file(args.checkpoint_dir, args.which)),
+        "latent_checkpoint": str(latent_checkpoint(args.checkpoint_dir, args.which)),
+        "latent_fingerprint": file_fingerprint(latent_checkpoint(args.checkpoint_dir, args.which)),
         "context_frames": int(model.context_frames), "num_codes": int(model.num_codes),
         "code_positions": int(model.code_positions), "action_meanings": names,
         "padding": "frames before 0 repeat frame 0", "transitions": len(records),
     }
-    out_dir = Path(args.data_dir) / "actions"
-    write_pairs(out_dir / PAIRS_NAME, meta, records)
+    write_pairs(pairs_path(args.data_dir), meta, records)
     stats = code_statistics(records, names)
-    atomic_write_json(out_dir / STATS_NAME, {"meta": meta, **stats})
+    atomic_write_json(pair_stats_path(args.data_dir), {"meta": meta, **stats})
     print_statistics(stats)
-    print(f"\nwrote {out_dir / PAIRS_NAME} ({len(records)} pairs) and {out_dir / STATS_NAME}")
+    print(f"\nwrote {pairs_path(args.data_dir)} ({len(records)} pairs) and {pair_stats_path(args.data_dir)}")
 
 
 if __name__ == "__main__":

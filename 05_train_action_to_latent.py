@@ -18,14 +18,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.action_to_latent import (KIND, VARIANTS, ActionToLatent, checkpoint_path, cross_entropy,
+from common.action_to_latent import (KIND, VARIANTS, ActionToLatent, cross_entropy,
                                      file_fingerprint, knob_positions, past_frame_indices, previous_action_rows,
                                      red_view, transition_metrics)
-from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
+from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, refuse_to_replace, run_main, set_threads)
 from common.dataset import level_files, read_level, require_dataset
+from common.errors import UserError
 from common.frame_cache import load_frame_cache
 from common.io import atomic_write_json, check_writable, load_checkpoint, read_json, save_checkpoint
+from common.paths import action_to_latent_checkpoint, action_to_latent_metrics_path, latent_dir, pairs_path
 
 PAIRS_STAGE = "04_collect_action_latent_pairs.py"
 PRESETS = {
@@ -67,11 +69,11 @@ def parse_args() -> argparse.Namespace:
 
 def load_pairs(data_dir: str | Path, checkpoint_root: str | Path) -> dict:
     """Stage 4's pairs as arrays; stale pairs (from another latent checkpoint) are a UserError."""
-    doc = read_json(Path(data_dir) / "actions" / "action_latent_pairs.json", PAIRS_STAGE)
+    doc = read_json(pairs_path(data_dir), PAIRS_STAGE)
     if not isinstance(doc, dict) or "meta" not in doc or not doc.get("pairs"):
-        raise UserError(f"{data_dir}/actions/action_latent_pairs.json holds no pairs: re-run {PAIRS_STAGE}")
+        raise UserError(f"{pairs_path(data_dir)} holds no pairs: re-run {PAIRS_STAGE}")
     meta, pairs = doc["meta"], doc["pairs"]
-    latent_file = Path(checkpoint_root) / "latent_action" / Path(meta["latent_checkpoint"]).name
+    latent_file = latent_dir(checkpoint_root) / Path(meta["latent_checkpoint"]).name
     if latent_file.exists() and file_fingerprint(latent_file) != meta["latent_fingerprint"]:
         raise UserError(f"the pairs were made with another version of {latent_file}: re-run {PAIRS_STAGE}")
     return {
@@ -263,8 +265,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
 
-    refuse_to_replace(checkpoint_path(args.checkpoint_dir), resume=False, fresh=args.fresh, can_resume=False)
-    check_writable(checkpoint_path(args.checkpoint_dir).parent)
+    refuse_to_replace(action_to_latent_checkpoint(args.checkpoint_dir), resume=False, fresh=args.fresh, can_resume=False)
+    check_writable(action_to_latent_checkpoint(args.checkpoint_dir).parent)
     pairs = load_pairs(args.data_dir, args.checkpoint_dir)
     meta = pairs["meta"]
     names = list(meta["action_meanings"])
@@ -294,7 +296,7 @@ def main() -> None:
           + f"; model selection on {select_split}, report on {report_split}; variant {args.variant}, "
             f"{sum(p.numel() for p in model.parameters())} parameters")
 
-    out_path = checkpoint_path(args.checkpoint_dir)
+    out_path = action_to_latent_checkpoint(args.checkpoint_dir)
     best, steps = train(model, config, pairs, inputs, split_rows, select_split, names, args, device, out_path)
 
     payload = load_checkpoint(out_path, KIND)
@@ -320,9 +322,9 @@ def main() -> None:
     }
     fields = {key: value for key, value in payload.items() if key not in ("kind", "format")}
     save_checkpoint(out_path, KIND, **{**fields, "metrics": metrics})
-    atomic_write_json(out_path.parent / "action_to_latent_metrics.json", metrics)
+    atomic_write_json(action_to_latent_metrics_path(args.checkpoint_dir), metrics)
     print_report(metrics, names)
-    print(f"wrote {out_path} and {out_path.parent / 'action_to_latent_metrics.json'}")
+    print(f"wrote {out_path} and {action_to_latent_metrics_path(args.checkpoint_dir)}")
 
 
 def print_report(metrics: dict, names: list[str]) -> None:

@@ -34,15 +34,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common.cli import (UserError, add_preset_arg, apply_preset, non_negative_float, non_negative_int,
-                        pick_device, positive_float, positive_int, run_main, set_threads)
+from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
+                        positive_float, positive_int, run_main, set_threads)
 from common.control_eval import evaluate_control, measure_play_speed
 from common.dataset import (ACTION_NAMES, FIRE, LEFT, NOOP, RIGHT, actions_path, load_episodes, read_frames,
                             read_level)
+from common.errors import UserError
 from common.game_eval import evaluate_game, follow_ball
 from common.io import atomic_write_bytes, atomic_write_json
+from common.neural_game import NeuralBreakout
+from common.paths import control_metrics_path, neural_game_gif
 from common.recorder import make_env
-from common.world_model import NeuralBreakout
 
 HUD_HEIGHT = 14  # px under the 210x160 frame in files; 210 + 14 = 224 keeps the MP4 16-aligned
 PRESETS = {  # budgets of --evaluate only; playing has no budget
@@ -241,7 +243,7 @@ def run_headless(args: argparse.Namespace, game: NeuralBreakout, episodes: list,
         images.append(with_hud(shown, f"{step + 1:4d} {ACTION_NAMES[action]:<5s} T={args.temperature:g} "
                                       f"E={args.event_temperature:g}{label}"))
     name = args.policy if args.policy in ("random", "follow") else "keys"
-    gif_path = Path(args.output) if args.output else Path(args.data_dir) / f"neural_{name}_game.gif"
+    gif_path = Path(args.output) if args.output else neural_game_gif(args.data_dir, name)
     mp4_path = write_videos(images, gif_path, args.fps)
     ms = np.array(times) * 1000
     print(f"wrote {gif_path} and {mp4_path} ({len(images)} frames from {episode.folder} frame {t0}); "
@@ -400,7 +402,7 @@ def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list,
     if "inferred_latents" in control:
         metrics["inferred_latents_paddle_within_3px"] = control["inferred_latents"]["paddle_within_3px"]
         metrics["inferred_latents_ball_within_4px"] = control["inferred_latents"]["ball_within_4px"]
-    path = Path(args.checkpoint_dir) / "latent_action" / "control_metrics.json"
+    path = control_metrics_path(args.checkpoint_dir)
     atomic_write_json(path, metrics)
     print(f"control over {control['windows']} rollouts of {args.control_steps} steps ({split} episodes): "
           f"paddle within 3 px {ours['paddle_within_3px']:.1%} (goal 95%; copy-last-frame "

@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from common.cli import UserError, add_preset_arg, default_preset, run_main
+from common import paths
+from common.cli import add_preset_arg, default_preset, run_main
+from common.errors import UserError
 from common.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -27,7 +29,7 @@ def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str) -> l
     dirs = ["--data-dir", data_dir, "--checkpoint-dir", ckpt_dir]
     with_preset = ["--preset", preset, *dirs]
     return [
-        ("01 train DQN", ["01_train_dqn.py", *with_preset, "--log-dir", log_dir]),
+        ("01 train DQN", ["01_train_dqn.py", "--preset", preset, "--checkpoint-dir", ckpt_dir, "--log-dir", log_dir]),
         ("02 record videos", ["02_record_videos.py", *with_preset]),
         ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset, "--log-dir", log_dir]),
         ("04 collect action-latent pairs", ["04_collect_action_latent_pairs.py", *dirs]),
@@ -40,11 +42,11 @@ def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str) -> l
 
 def stage_result(name: str, data_dir: Path, ckpt_dir: Path) -> Path | None:
     """The file that says a stage is complete (its newest output), or None for a stage that always runs."""
-    return {"01": ckpt_dir / "dqn" / "latest.pt",
-            "02": data_dir / "actions" / "summary.json",
-            "03": ckpt_dir / "latent_action" / "metrics.json",
-            "04": data_dir / "actions" / "action_latent_pairs.json",
-            "05": ckpt_dir / "latent_action" / "action_to_latent_metrics.json"}.get(name[:2])
+    return {"01": paths.dqn_checkpoint(ckpt_dir, "latest"),
+            "02": paths.summary_path(data_dir),
+            "03": paths.latent_metrics_path(ckpt_dir),
+            "04": paths.pairs_path(data_dir),
+            "05": paths.action_to_latent_metrics_path(ckpt_dir)}.get(name[:2])
 
 
 def plan_stage(name: str, data_dir: Path, ckpt_dir: Path, fresh: bool, upstream_ran: bool,
@@ -59,8 +61,8 @@ def plan_stage(name: str, data_dir: Path, ckpt_dir: Path, fresh: bool, upstream_
     if not fresh and not upstream_ran and current:
         return "keep", []
     # the file whose presence makes a training stage refuse to start without --resume or --fresh
-    trained = {"01": ckpt_dir / "dqn" / "latest.pt", "03": ckpt_dir / "latent_action" / "latest.pt",
-               "05": ckpt_dir / "latent_action" / "action_to_latent_best.pt"}.get(name[:2])
+    trained = {"01": paths.dqn_checkpoint(ckpt_dir, "latest"), "03": paths.latent_checkpoint(ckpt_dir, "latest"),
+               "05": paths.action_to_latent_checkpoint(ckpt_dir)}.get(name[:2])
     if trained is None or not trained.exists():
         return "run", []
     if name[:2] == "03" and not fresh and not upstream_ran and not result.exists():
@@ -96,11 +98,11 @@ def summarize(data_dir: Path, ckpt_dir: Path, timings: dict[str, float]) -> dict
     """Collect the measures every stage wrote into one dict."""
     return {
         "stage_seconds": timings,
-        "agent": agent_summary(ckpt_dir / "dqn"),
-        "recording": _load(data_dir / "actions" / "summary.json"),
-        "world_model": _load(ckpt_dir / "latent_action" / "metrics.json"),
-        "action_to_latent": _load(ckpt_dir / "latent_action" / "action_to_latent_metrics.json"),
-        "control": _load(ckpt_dir / "latent_action" / "control_metrics.json"),
+        "agent": agent_summary(paths.dqn_dir(ckpt_dir)),
+        "recording": _load(paths.summary_path(data_dir)),
+        "world_model": _load(paths.latent_metrics_path(ckpt_dir)),
+        "action_to_latent": _load(paths.action_to_latent_metrics_path(ckpt_dir)),
+        "control": _load(paths.control_metrics_path(ckpt_dir)),
     }
 
 
@@ -141,7 +143,7 @@ def main() -> None:
             raise UserError(f"stage '{name}' failed (exit {result.returncode}); fix it and re-run with "
                             f"--from-stage {int(name[:2])}")
     summary = summarize(data_dir, ckpt_dir, timings)
-    atomic_write_json(data_dir / "pipeline_summary.json", summary)
+    atomic_write_json(paths.pipeline_summary_path(data_dir), summary)
     print_summary(summary)
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.cli import positive_int, run_main  # noqa: E402
 from common.control_eval import measure_play_speed  # noqa: E402
-from common.world_model import NeuralBreakout  # noqa: E402
+from common.neural_game import NeuralBreakout  # noqa: E402
 
 
 def start_frames(data_dir: str, k: int) -> np.ndarray:

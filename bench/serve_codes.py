@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import paths  # noqa: E402
 from common.cli import run_main  # noqa: E402
 from common.detectors import ball_xy  # noqa: E402
 from common.frame_cache import load_frame_cache  # noqa: E402
@@ -43,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data", help="Stage 2 data set with Stage 4's pairs in actions/")
     args = parser.parse_args()
-    pairs = read_json(Path(args.data_dir) / "actions" / "action_latent_pairs.json",
+    pairs = read_json(paths.pairs_path(Path(args.data_dir)),
                       "04_collect_action_latent_pairs.py")["pairs"]
     codes = {(p["level"], p["episode"], p["frame"]): tuple(p["latent_code"]) for p in pairs}
     cache = load_frame_cache(args.data_dir)

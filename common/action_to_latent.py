@@ -27,18 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.cli import UserError
+from common.errors import UserError
 from common.io import load_checkpoint
 from common.latent_action import past_frame_rows
+from common.paths import action_to_latent_checkpoint
 
 KIND = "action_to_latent"
 STAGE_HINT = "05_train_action_to_latent.py"
-CHECKPOINT_NAME = "action_to_latent_best.pt"
 VARIANTS = ("action", "frames")
-
-
-def checkpoint_path(checkpoint_root: str | Path) -> Path:
-    return Path(checkpoint_root) / "latent_action" / CHECKPOINT_NAME
 
 
 def previous_action_rows(actions: Sequence[int] | np.ndarray, t: np.ndarray, n: int) -> np.ndarray:
@@ -219,7 +215,7 @@ class ActionToLatent(nn.Module):
 def load_action_to_latent(checkpoint_root: str | Path = "checkpoints", device: str | torch.device = "cpu"
                           ) -> ActionToLatent:
     """The best action->latent map saved by Stage 5, in eval mode; a missing file names 05."""
-    path = checkpoint_path(checkpoint_root)
+    path = action_to_latent_checkpoint(checkpoint_root)
     payload = load_checkpoint(path, KIND, STAGE_HINT)
     try:
         model = ActionToLatent(payload["config"])

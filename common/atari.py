@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from common.cli import UserError
+from common.errors import UserError
 
 DEFAULT_ENV = {"frame_skip": 4, "stack": 8, "noop_max": 30, "repeat_action_probability": 0.0}
 

@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from common.errors import UserError
+
 PRESETS = ("smoke", "quick", "full")
-
-
-class UserError(Exception):
-    """A mistake the user can fix (bad flag, missing stage output); printed without a traceback."""
 
 
 def run_main(main: Callable[[], Any]) -> None:

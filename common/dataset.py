@@ -1,6 +1,6 @@
-"""The recorded gameplay data set (Stage 02's output): paths, loading, verification, frame reading.
+"""The recorded gameplay data set (Stage 02's output): loading, verification, frame reading.
 
-Layout under the data dir (the 02 -> 03 contract):
+Layout under the data dir (the 02 -> 03 contract; the names are spelled in common/paths.py):
 
     raw_gameplay/skill_level_{k}/episode_{NNN}/frame_{NNNNN}.png   native 210x160 RGB, one per agent step
     actions/skill_level_{k}_actions.json                            per-level header + one record per episode
@@ -21,7 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.cli import UserError
+from common.errors import UserError
+from common.paths import (actions_path, episode_dir_name, frame_name, level_frames_dir, level_name,  # noqa: F401
+                          lock_path, summary_path, video_path)
 
 FRAME_SHAPE = (210, 160, 3)
 ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")  # Breakout's minimal action set, in ALE's order
@@ -33,39 +35,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_TRAILER = b"IEND\xaeB`\x82"
 _ACTIONS_FILE = re.compile(r"^skill_level_(\d+)_actions\.json$")
 _EPISODE_DIR = re.compile(r"^episode_(\d+)$")
-
-
-def level_name(level: int) -> str:
-    return f"skill_level_{level}"
-
-
-def actions_path(data_dir: str | Path, level: int) -> Path:
-    return Path(data_dir) / "actions" / f"{level_name(level)}_actions.json"
-
-
-def level_frames_dir(data_dir: str | Path, level: int) -> Path:
-    return Path(data_dir) / "raw_gameplay" / level_name(level)
-
-
-def episode_dir_name(index: int) -> str:
-    return f"episode_{index:03d}"
-
-
-def frame_name(i: int) -> str:
-    return f"frame_{i:05d}.png"
-
-
-def video_path(data_dir: str | Path, level: int, index: int) -> Path:
-    return Path(data_dir) / "videos" / level_name(level) / f"{episode_dir_name(index)}.mp4"
-
-
-def summary_path(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "actions" / "summary.json"
-
-
-def lock_path(data_dir: str | Path) -> Path:
-    """Holds the pid of a recording in progress (02_record_videos.py)."""
-    return Path(data_dir) / "actions" / ".recording.lock"
 
 
 def recording_pid(data_dir: str | Path) -> int | None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import UserError
+from common.errors import UserError
 from common.io import load_checkpoint
 
 STAGE_HINT = "01_train_dqn.py"

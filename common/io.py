@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common.cli import UserError
+from common.errors import UserError
 
 CHECKPOINT_FORMAT = 1
 

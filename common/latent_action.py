@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import UserError
+from common.errors import UserError
+from common.paths import latent_checkpoint
 
 FRAME_H, FRAME_W = 210, 160
 EVENT_ROWS = 192   # rows of the padded 224-row frame the event posterior sees: original rows 0-184, above the paddle (189-192)
@@ -587,10 +588,6 @@ class LatentActionModel(nn.Module):
         return self.palette.to_rgb(index)
 
 
-def checkpoint_dir(checkpoint_root: str | Path) -> Path:
-    return Path(checkpoint_root) / "latent_action"
-
-
 def load_latent_action_model(checkpoint_root: str | Path, device: str | torch.device = "cpu",
                              which: str = "best") -> LatentActionModel:
     """The trained model from checkpoints/latent_action/{best,latest}.pt, in eval mode."""
@@ -598,7 +595,7 @@ def load_latent_action_model(checkpoint_root: str | Path, device: str | torch.de
 
     if which not in ("best", "latest"):
         raise UserError(f"which must be 'best' or 'latest', got {which!r}")
-    path = checkpoint_dir(checkpoint_root) / f"{which}.pt"
+    path = latent_checkpoint(checkpoint_root, which)
     payload = load_checkpoint(path, CHECKPOINT_KIND, STAGE)
     if isinstance(payload.get("config"), dict) and "event_classes" not in payload["config"]:
         raise UserError(f"{path} was trained by an earlier version, without the random event latent that "

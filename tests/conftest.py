@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from common import paths
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,8 +45,8 @@ def smoke_action_to_latent(smoke_data, smoke_latent, tmp_path_factory) -> Path:
     """
     work = tmp_path_factory.mktemp("smoke_action_to_latent")
     data, root = private_data_dir(smoke_data, work / "data"), work / "checkpoints"
-    (root / "latent_action").mkdir(parents=True)
-    for path in (Path(smoke_latent) / "latent_action").iterdir():
+    paths.latent_dir(root).mkdir(parents=True)
+    for path in paths.latent_dir(Path(smoke_latent)).iterdir():
         (root / "latent_action" / path.name).symlink_to(path)
     dirs = ["--data-dir", str(data), "--checkpoint-dir", str(root)]
     result = run_script("04_collect_action_latent_pairs.py", *dirs)

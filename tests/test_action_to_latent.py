@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from common import paths
 from common.action_to_latent import (KNOB_TURN_PER_FRAME, VIEW_SIZE, ActionToLatent, cross_entropy, frame_view,
                                      knob_positions, load_action_to_latent, past_frame_indices, previous_action_rows)
-from common.cli import UserError
+from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,7 +189,7 @@ def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
     from common.latent_action import load_latent_action_model
 
     data = smoke_action_to_latent.parent / "data"
-    doc = json.loads((data / "actions" / "action_latent_pairs.json").read_text())
+    doc = json.loads(paths.pairs_path(data).read_text())
     model = load_latent_action_model(smoke_action_to_latent)
     episodes = load_episodes(data)
     assert doc["meta"]["transitions"] == len(doc["pairs"]) == sum(e.num_frames - 1 for e in episodes)
@@ -206,7 +207,7 @@ def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
     codes = model.encode(past, frames[[i + 1 for i in picks]])
     rows = [p for p in doc["pairs"] if (p["level"], p["episode"]) == (episode.level, episode.index)]
     assert codes.tolist() == [rows[i]["latent_code"] for i in picks]
-    stats = json.loads((data / "actions" / "action_latent_stats.json").read_text())
+    stats = json.loads(paths.pair_stats_path(data).read_text())
     assert sum(row["count"] for row in stats["actions"].values()) == len(doc["pairs"])
 
 
@@ -218,7 +219,7 @@ def test_smoke_map_loads_and_reports(smoke_action_to_latent):
     latent = load_latent_action_model(smoke_action_to_latent)
     check_compatible(model, latent)
     assert model.uses_frames and model.context_frames == latent.context_frames
-    metrics = json.loads((smoke_action_to_latent / "latent_action" / "action_to_latent_metrics.json").read_text())
+    metrics = json.loads(paths.action_to_latent_metrics_path(smoke_action_to_latent).read_text())
     split = metrics["report_split"]
     assert 0.0 <= metrics[f"{split}_transition_accuracy"] <= 1.0
     assert metrics["report"]["transitions"] == metrics["pairs"][split] > 0
@@ -237,7 +238,7 @@ def test_05_learns_a_synthetic_deterministic_mapping_and_refuses_stale_pairs(smo
     data.mkdir()
     shutil.copytree(source / "actions", data / "actions")
     (data / "raw_gameplay").symlink_to((source / "raw_gameplay").resolve(), target_is_directory=True)
-    pairs_path = data / "actions" / "action_latent_pairs.json"
+    pairs_path = paths.pairs_path(data)
     doc = json.loads(pairs_path.read_text())
     doc["meta"].update(num_codes=8, code_positions=2, latent_checkpoint="synthetic.pt")
     for pair in doc["pairs"]:
@@ -247,7 +248,7 @@ def test_05_learns_a_synthetic_deterministic_mapping_and_refuses_stale_pairs(smo
     result = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--variant", "action", "--epochs", "20",
                         "--lr", "0.03", "--data-dir", str(data), "--checkpoint-dir", str(ckpt))
     assert result.returncode == 0, result.stderr[-2000:]
-    metrics = json.loads((ckpt / "latent_action" / "action_to_latent_metrics.json").read_text())
+    metrics = json.loads(paths.action_to_latent_metrics_path(ckpt).read_text())
     assert metrics["report_split"] == "test" and metrics["test_transition_accuracy"] == 1.0
     model = load_action_to_latent(ckpt)
     assert model.sample(torch.arange(4)).tolist() == [[(3 * a + 1) % 8, 7 - a] for a in range(4)]
@@ -270,10 +271,10 @@ def test_a_trained_map_is_replaced_only_with_fresh(smoke_data, smoke_action_to_l
     from conftest import private_data_dir
 
     data, root = private_data_dir(smoke_data, tmp_path / "data"), tmp_path / "ck"
-    shutil.copytree(Path(smoke_action_to_latent) / "latent_action", root / "latent_action")
+    shutil.copytree(paths.latent_dir(Path(smoke_action_to_latent)), paths.latent_dir(root))
     shutil.copy(Path(smoke_action_to_latent).parent / "data" / "actions" / "action_latent_pairs.json",
-                data / "actions" / "action_latent_pairs.json")
-    trained = root / "latent_action" / "action_to_latent_best.pt"
+                paths.pairs_path(data))
+    trained = paths.action_to_latent_checkpoint(root)
     before = trained.read_bytes()
     refused = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--data-dir", str(data),
                          "--checkpoint-dir", str(root))

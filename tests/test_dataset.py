@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from common import dataset as ds
-from common.cli import UserError
+from common.errors import UserError
 from tests.conftest import run_script
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.cli import UserError
+from common import paths
 from common.dqn import DeepMindRMSprop, DQNPolicy, QNetwork, load_policy, td_targets
+from common.errors import UserError
 from common.io import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +123,7 @@ def test_non_finite_loss_saves_and_stops_with_a_clear_message(tmp_path):
     before = {k: v.clone() for k, v in trainer.online.state_dict().items()}
     with pytest.raises(UserError, match="non-finite loss"):
         trainer.learn()
-    saved = torch.load(tmp_path / "dqn" / "latest.pt", weights_only=True)
+    saved = torch.load(paths.dqn_checkpoint(tmp_path, "latest"), weights_only=True)
     assert all(torch.equal(saved["state_dict"][k], before[k]) for k in before)  # saved before the bad step
 
 
@@ -132,16 +133,16 @@ def test_a_run_below_every_threshold_keeps_its_best_network_as_level_1(tmp_path)
     args = script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path), "--skill-thresholds", "5", "9"])
     trainer = script.Trainer(args)
     trainer.best_score = 3.5
-    trainer.save_policy("best.pt", 3.5)
+    trainer.save_policy("best", 3.5)
     trainer.keep_best_as_top_level()
-    level = load_policy(tmp_path / "dqn" / "skill_level_1.pt")
+    level = load_policy(paths.dqn_checkpoint(tmp_path, "skill_level_1"))
     assert (level.threshold, level.threshold_reached, level.eval_score) == (5.0, False, 3.5)
-    best = torch.load(tmp_path / "dqn" / "best.pt", weights_only=True)["state_dict"]
+    best = torch.load(paths.dqn_checkpoint(tmp_path, "best"), weights_only=True)["state_dict"]
     assert all(torch.equal(level.net.state_dict()[k], best[k]) for k in best)
 
     reached = script.Trainer(script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path / "other")]))
     reached.skill_reached = [1.0]
-    reached.save_policy("best.pt", 1.5)
+    reached.save_policy("best", 1.5)
     reached.keep_best_as_top_level()                   # a reached level is never replaced by the fallback
     assert not (tmp_path / "other" / "dqn" / "skill_level_1.pt").exists()
     assert script.parse_args(["--preset", "quick"]).skill_thresholds == script.QUICK_THRESHOLDS
@@ -208,7 +209,7 @@ def test_bad_thresholds_and_missing_checkpoint_are_user_errors(tmp_path):
 
 
 def test_corrupt_checkpoint_for_evaluate_and_resume(tmp_path):
-    bad = tmp_path / "dqn" / "latest.pt"
+    bad = paths.dqn_checkpoint(tmp_path, "latest")
     bad.parent.mkdir()
     bad.write_bytes(b"garbage")
     result = run_script("--evaluate", str(bad), timeout=60)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from common.atari import game_over_mask, make_env_config, make_vector_env, resolve_game
-from common.cli import UserError
+from common.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from common.cli import UserError  # noqa: E402
+from common import paths  # noqa: E402
+from common.errors import UserError  # noqa: E402
 from common.frame_cache import cache_paths, load_frame_cache  # noqa: E402
 from common.latent_action import (BREAKOUT_PALETTE, LatentActionModel, VectorQuantizer,  # noqa: E402
                                   fold_cells, load_latent_action_model)
@@ -122,7 +123,7 @@ def test_an_older_checkpoint_is_refused_naming_stage_3(tmp_path):
 
     old = LatentActionModel({**TINY, "event_classes": 0})
     config = {k: v for k, v in old.config.items() if k != "event_classes"}
-    save_checkpoint(tmp_path / "latent_action" / "best.pt", "latent_action", model=old.state_dict(),
+    save_checkpoint(paths.latent_checkpoint(tmp_path, "best"), "latent_action", model=old.state_dict(),
                     config={**config, "event_code": False})
     with pytest.raises(UserError, match="re-run 03_train_latent_action.py"):
         load_latent_action_model(tmp_path)
@@ -196,7 +197,7 @@ def test_dead_code_restart_revives_unused_codes():
 
 
 def test_smoke_training_writes_checkpoints_and_metrics(smoke_latent):
-    folder = Path(smoke_latent) / "latent_action"
+    folder = paths.latent_dir(Path(smoke_latent))
     for name in ("best.pt", "latest.pt", "metrics.json", "samples.png", "codebook_usage.png", "rollout.gif"):
         assert (folder / name).stat().st_size > 0, name
     latest = torch.load(folder / "latest.pt", weights_only=True)
@@ -213,13 +214,13 @@ def test_smoke_training_writes_checkpoints_and_metrics(smoke_latent):
 def test_resume_continues_from_latest(smoke_data, smoke_latent, tmp_path):
     root = tmp_path / "ck"
     shutil.copytree(smoke_latent, root)
-    before = torch.load(root / "latent_action" / "latest.pt", weights_only=True)["step"]
+    before = torch.load(paths.latent_checkpoint(root, "latest"), weights_only=True)["step"]
     result = run_script("03_train_latent_action.py", "--preset", "smoke", "--resume", "--data-dir", str(smoke_data),
                         "--checkpoint-dir", str(root), "--log-dir", str(tmp_path / "runs"),
                         "--time-budget", "5", "--max-steps", str(before + 3))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from step {before}" in result.stdout
-    assert torch.load(root / "latent_action" / "latest.pt", weights_only=True)["step"] == before + 3
+    assert torch.load(paths.latent_checkpoint(root, "latest"), weights_only=True)["step"] == before + 3
     spent = run_script("03_train_latent_action.py", "--preset", "smoke", "--resume", "--data-dir", str(smoke_data),
                        "--checkpoint-dir", str(root), "--log-dir", str(tmp_path / "runs"),
                        "--time-budget", "5", "--max-steps", str(before + 3))
@@ -248,7 +249,7 @@ def test_a_trained_model_is_replaced_only_with_fresh(smoke_data, smoke_latent, t
     """03 without --resume in a folder holding a trained model refuses before any work."""
     root = tmp_path / "ck"
     shutil.copytree(smoke_latent, root)
-    best = root / "latent_action" / "best.pt"
+    best = paths.latent_checkpoint(root, "best")
     before = best.read_bytes()
     dirs = ["--data-dir", str(smoke_data), "--checkpoint-dir", str(root), "--log-dir", str(tmp_path / "runs")]
     refused = run_script("03_train_latent_action.py", "--preset", "smoke", *dirs)
@@ -258,7 +259,7 @@ def test_a_trained_model_is_replaced_only_with_fresh(smoke_data, smoke_latent, t
     assert both.returncode == 2 and "one of --resume and --fresh" in both.stderr
     fresh = run_script("03_train_latent_action.py", "--preset", "smoke", "--fresh", "--max-steps", "3", *dirs)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert torch.load(root / "latent_action" / "latest.pt", weights_only=True)["step"] == 3
+    assert torch.load(paths.latent_checkpoint(root, "latest"), weights_only=True)["step"] == 3
 
 
 def test_frame_cache_is_reused_and_rebuilt_when_the_data_set_changes(smoke_data, tmp_path):
@@ -302,8 +303,8 @@ def test_missing_or_corrupt_data_set_is_a_clear_error(smoke_data, tmp_path):
 def test_missing_or_foreign_checkpoint_names_stage_3(tmp_path):
     with pytest.raises(UserError, match="03_train_latent_action.py"):
         load_latent_action_model(tmp_path)
-    (tmp_path / "latent_action").mkdir()
-    torch.save({"kind": "dqn", "format": 1}, tmp_path / "latent_action" / "best.pt")
+    paths.latent_dir(tmp_path).mkdir()
+    torch.save({"kind": "dqn", "format": 1}, paths.latent_checkpoint(tmp_path, "best"))
     with pytest.raises(UserError, match="latent_action"):
         load_latent_action_model(tmp_path)
 

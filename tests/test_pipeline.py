@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from PIL import Image
+from common import paths
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,26 +21,27 @@ def test_smoke_pipeline_runs_every_stage_and_reports(tmp_path: Path) -> None:
 
     summary = json.loads((data / "pipeline_summary.json").read_text())
     assert [name[:2] for name in summary["stage_seconds"]] == ["01", "02", "03", "04", "05", "06", "06"]
-    assert (ckpt / "dqn" / "skill_level_0.pt").exists()
+    assert paths.dqn_checkpoint(ckpt, "skill_level_0").exists()
     assert summary["recording"]["total_frames"] > 0
     assert 0.0 <= summary["control"]["paddle_within_3px"] <= 1.0
     assert 0.0 <= summary["action_to_latent"]["test_transition_accuracy"] <= 1.0
     assert summary["world_model"]["one_step"]
     # the smoke agent reaches no threshold, so its best network is recorded as played level 1 beside random play,
     # and both stages that measure the world model report each level
-    recorded = json.loads((data / "actions" / "summary.json").read_text())["levels"]
+    recorded = json.loads(paths.summary_path(data).read_text())["levels"]
     assert set(recorded) == {"0", "1"} and recorded["1"]["policy"] == "dqn" and recorded["1"]["splits"]["test"] >= 1
     levels = {"skill_level_0", "skill_level_1"}
-    assert set(json.loads((ckpt / "latent_action" / "metrics.json").read_text())["by_level"]) == levels
-    control = json.loads((ckpt / "latent_action" / "control_metrics.json").read_text())
+    assert set(json.loads(paths.latent_metrics_path(ckpt).read_text())["by_level"]) == levels
+    control = json.loads(paths.control_metrics_path(ckpt).read_text())
     assert set(control["details"]["action_to_latent"]["by_level"]) == levels
     with Image.open(data / "neural_random_game.gif") as gif:
         assert gif.n_frames >= 60
     assert "pipeline summary" in result.stdout
 
     # run again: every training stage is complete and current, so it is kept, not retrained
-    stamps = {p: p.stat().st_mtime_ns for p in (ckpt / "dqn" / "latest.pt", ckpt / "latent_action" / "best.pt",
-                                                ckpt / "latent_action" / "action_to_latent_best.pt")}
+    trained = (paths.dqn_checkpoint(ckpt, "latest"), paths.latent_checkpoint(ckpt, "best"),
+               paths.action_to_latent_checkpoint(ckpt))
+    stamps = {p: p.stat().st_mtime_ns for p in trained}
     again = subprocess.run([sys.executable, "run_pipeline.py", "--preset", "smoke", "--data-dir", str(data),
                             "--checkpoint-dir", str(ckpt), "--log-dir", str(logs)],
                            cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -82,13 +84,13 @@ def test_the_pipeline_plans_keep_resume_and_fresh(tmp_path: Path) -> None:
 
     data, ckpt = tmp_path / "data", tmp_path / "ck"
     stage_3 = "03 train latent actions + world model"
-    pairs = data / "actions" / "summary.json"
-    latest = ckpt / "latent_action" / "latest.pt"
+    pairs = paths.summary_path(data)
+    latest = paths.latent_checkpoint(ckpt, "latest")
     for path in (pairs, latest):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
     assert plan_stage(stage_3, data, ckpt, False, False, pairs) == ("run", ["--resume"])     # interrupted
-    metrics = ckpt / "latent_action" / "metrics.json"
+    metrics = paths.latent_metrics_path(ckpt)
     metrics.write_text("x")
     os.utime(pairs, (1, 1))
     assert plan_stage(stage_3, data, ckpt, False, False, pairs) == ("keep", [])              # complete, current

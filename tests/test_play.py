@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from common import paths
 from common.action_to_latent import knob_positions
-from common.cli import UserError
+from common.errors import UserError
 from common.metrics import PSNR_CAP_DB
-from common.world_model import NeuralBreakout
+from common.neural_game import NeuralBreakout
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "06_play_neural_breakout.py"
@@ -127,9 +128,9 @@ def test_bad_inputs_raise_clear_errors(smoke_action_to_latent, start_frames):
 
 def test_a_map_fit_to_another_world_model_is_refused(tmp_path, smoke_action_to_latent):
     """A retrained Stage 3 model must not play with the old action map."""
-    shutil.copytree(Path(smoke_action_to_latent) / "latent_action", tmp_path / "latent_action")
+    shutil.copytree(paths.latent_dir(Path(smoke_action_to_latent)), paths.latent_dir(tmp_path))
     NeuralBreakout.load(tmp_path)
-    best = tmp_path / "latent_action" / "best.pt"
+    best = paths.latent_checkpoint(tmp_path, "best")
     payload = torch.load(best, weights_only=True)
     payload["step"] += 1                       # the same layout, another file: as after a retraining
     torch.save(payload, best)
@@ -142,8 +143,8 @@ def test_a_map_fit_to_another_world_model_is_refused(tmp_path, smoke_action_to_l
 def test_missing_checkpoints_name_the_stage(tmp_path, smoke_action_to_latent):
     with pytest.raises(UserError, match="03"):
         NeuralBreakout.load(tmp_path)
-    shutil.copytree(Path(smoke_action_to_latent) / "latent_action", tmp_path / "latent_action")
-    (tmp_path / "latent_action" / "action_to_latent_best.pt").unlink()
+    shutil.copytree(paths.latent_dir(Path(smoke_action_to_latent)), paths.latent_dir(tmp_path))
+    paths.action_to_latent_checkpoint(tmp_path).unlink()
     with pytest.raises(UserError, match="05"):
         NeuralBreakout.load(tmp_path)
     result = run_play("--headless", "--steps", "2", "--checkpoint-dir", str(tmp_path / "none"))
@@ -211,11 +212,11 @@ def test_window_and_compare_run_under_the_dummy_driver(smoke_data, smoke_action_
 
 def test_evaluate_writes_control_metrics(tmp_path, smoke_data, smoke_action_to_latent):
     root = tmp_path / "checkpoints"
-    shutil.copytree(Path(smoke_action_to_latent) / "latent_action", root / "latent_action")
+    shutil.copytree(paths.latent_dir(Path(smoke_action_to_latent)), paths.latent_dir(root))
     result = run_play("--evaluate", "--preset", "smoke", "--speed-steps", "5", "--control-steps", "10",
                       "--drift-steps", "20", "--data-dir", str(smoke_data), "--checkpoint-dir", str(root))
     assert result.returncode == 0, result.stderr
-    metrics = json.loads((root / "latent_action" / "control_metrics.json").read_text())
+    metrics = json.loads(paths.control_metrics_path(root).read_text())
     for key in ("paddle_within_3px", "ball_within_4px", "copy_last_frame_paddle_within_3px",
                 "inferred_latents_paddle_within_3px"):
         assert 0.0 <= metrics[key] <= 1.0

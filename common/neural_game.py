@@ -91,13 +91,14 @@ class NeuralBreakout:
         fit to another world model than the one loaded.
         """
         from common.action_to_latent import check_compatible, file_fingerprint, load_action_to_latent
-        from common.cli import UserError
-        from common.latent_action import checkpoint_dir, load_latent_action_model
+        from common.errors import UserError
+        from common.latent_action import load_latent_action_model
+        from common.paths import latent_checkpoint
 
         latent_model = load_latent_action_model(checkpoint_root, device=device, which=which)
         action_model = load_action_to_latent(checkpoint_root, device=device)
         check_compatible(action_model, latent_model)
-        latent_file = checkpoint_dir(checkpoint_root) / f"{which}.pt"
+        latent_file = latent_checkpoint(checkpoint_root, which)
         if action_model.latent_fingerprint and file_fingerprint(latent_file) != action_model.latent_fingerprint:
             raise UserError(f"the action->latent map was fit to another world model than {latent_file} (it was "
                             f"retrained or replaced since): re-run 04_collect_action_latent_pairs.py and "
