@@ -10,27 +10,21 @@ per-action code histogram that shows, while training runs, whether the codes dis
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
-import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, probability, refuse_to_replace, run_main, set_threads)
 from common.errors import UserError
 from common.frame_cache import FrameCache, load_frame_cache
-from common.io import atomic_write_json, check_writable, load_checkpoint, save_checkpoint
-from common.latent_action import (CHECKPOINT_KIND, DEFAULT_CONFIG, LatentActionModel, fold_cells,
-                                   past_frame_rows)
-from common.latent_action_eval import action_code_table, evaluate_world_model
-from common.metrics import perplexity
+from common.io import atomic_write_json, check_writable, load_checkpoint
+from common.latent_action import CHECKPOINT_KIND, DEFAULT_CONFIG, SEEDS_CONFIG, LatentActionModel
+from common.latent_action_eval import evaluate_world_model
+from common.latent_training import (LoopSettings, LossSettings, TrainingMonitor, TrainingState, TransitionSampler,
+                                    save_training_state, train, validate)
 from common.paths import latent_checkpoint, latent_dir, latent_metrics_path
 
 PRESETS = {
@@ -44,8 +38,6 @@ PRESETS = {
              "eval_episodes": 32, "rollout_steps": 50, "widths": "128,192,256", "encoder_width": 96,
              "collapse_check_after": 3000, "vq_warmup": 1000, "threads": None},
 }
-SEEDS_CONFIG = {"context_frames": 1, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128, "skips": False,
-                "copy_bias": False, "event_classes": 0}
 
 
 def parse_args() -> argparse.Namespace:
@@ -137,149 +129,26 @@ def model_config(args: argparse.Namespace, palette: list) -> dict:
     return config
 
 
-class TransitionSampler:
-    """Random (k past frames, next frame) pairs from one split; never crosses an episode boundary.
-
-    Early transitions repeat frame 0 as their missing past, as the downstream stages do.
-    """
-
-    def __init__(self, cache: FrameCache, split: str, k: int, seed: int):
-        episodes = cache.split(split)
-        if not episodes:
-            raise UserError(f"the data set has no '{split}' episodes: record more episodes with 02_record_videos.py")
-        self.frames, self.k = cache.frames, k
-        self.start = np.concatenate([np.full(e.num_frames - 1, e.start) for e in episodes])
-        self.t = np.concatenate([np.arange(e.num_frames - 1) for e in episodes])
-        self.action = np.concatenate([np.asarray(e.actions, dtype=np.int64) for e in episodes])
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.t)
-
-    def batch(self, rows: np.ndarray, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """(k + extra past frames, next frame, real action) of transitions `rows`."""
-        past_rows = self.start[rows, None] + past_frame_rows(self.t[rows], self.k + extra)
-        next_rows = self.start[rows] + self.t[rows] + 1
-        past = torch.from_numpy(self.frames[past_rows.ravel()].reshape(len(rows), self.k + extra, 210, 160))
-        nxt = torch.from_numpy(self.frames[next_rows])
-        return past, nxt, self.action[rows]
-
-    def sample(self, batch_size: int, extra: int = 0):
-        return self.batch(self.rng.integers(len(self), size=batch_size), extra)
-
-
-def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: int = 8) -> torch.Tensor:
-    """(B, h, w) bool: cells within `reach_px` of a pixel that changed between the past frames,
-    from the past frames' cells (B, h, w, k, patch*patch) of fold_cells.
-
-    The ball and the paddle are found there, and that is where the next frame is hard to predict.
-    The mask depends on the inputs only, never on the target frame.
-    """
-    moved = (past_cells[..., :-1, :] != past_cells[..., -1:, :]).flatten(-2).any(-1)
-    reach = -(-reach_px // model.patch)
-    return F.max_pool2d(moved[:, None].float(), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0
-
-
-def event_terms(model: LatentActionModel, past: torch.Tensor, quantized: torch.Tensor):
-    """The random event latent in training: (decoder conditioning, rate KL(q || sg p), prior KL(sg q || p),
-    posterior classes drawn).
-
-    The class is drawn from the posterior q (it saw the next frame) and enters the decoder as a
-    straight-through one-hot. The prior p sees the past frames and the action code (detached: the prior's
-    loss must not reshape the action code) and learns to predict q; the rate pulls q toward what p can
-    foresee, so the event carries only what the past and the player's choice leave open.
-    """
-    q = model.event_probs(model.event_posterior_logits(model.last_cells))
-    p = model.event_probs(model.event_prior_logits(past, quantized.detach()))
-    drawn = torch.multinomial(q.detach(), 1)[:, 0] if model.training else q.argmax(-1)  # validation: repeatable
-    onehot = F.one_hot(drawn, model.event_classes).to(q.dtype)
-    conditioning = torch.cat([quantized, model.event_vectors(onehot + q - q.detach()).to(quantized.dtype)], 1)
-    rate = (q * (q.log() - p.detach().log())).sum(-1)
-    prior_kl = (q.detach() * (q.detach().log() - p.log())).sum(-1)
-    return conditioning, rate, prior_kl, drawn
-
-
-def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, motion_weight: float,
-               keep_static: float = 1.0, event_kl_weight: float = 1.0, free_nats: float = 0.1,
-               appear_weight: float = 0.0):
-    """Per-pixel colour cross-entropy, + the VQ loss, + the event latent's losses.
-
-    Cells near motion in the past frames (motion_cells) weigh 1 + motion_weight: that is where the
-    ball and the paddle are. The weight depends on the inputs only: weighting the pixels whose target
-    differs from the last frame instead rewards predicting a change wherever one is possible, which
-    draws a ball smeared over every place it might be.
-    Cells with no motion nearby and none in the target are easy with the copy bias; only a random
-    `keep_static` share of them is scored (weighted 1 / keep_static, so the loss stays unbiased),
-    which saves most of the head and loss work on CPU.
-    The event rate is priced per nat as one weight-1 pixel's cross-entropy (the reconstruction is a mean
-    over weighted pixels, so the rate is divided by the weighted pixels per frame): a served ball (8
-    pixels, ~1.1 nats of place) is worth its rate, a detail the prior can foresee is not.
-    Returns (recon, vq + event loss, codes, (logits, target, last, weight), event stats).
-    """
-    quantized, codes, vq_loss = model.encode_indices(past, nxt)
-    conditioning, stats = quantized, {}
-    if model.event_classes:
-        conditioning, rate, prior_kl, drawn = event_terms(model, past, quantized)
-    past_cells = fold_cells(model.pad(past), model.patch)            # (B, h, w, k, patch*patch) uint8
-    features = model.decode_cell_features(past_cells, conditioning)
-    target = model.fold_pixels(model.pad(nxt[:, None])[:, 0])        # uint8; the padding is class P
-    last = past_cells[..., -1, :]
-    near = motion_cells(model, past_cells)
-    changed = (target != last).any(-1)
-    certain = near | changed
-    keep = certain | (torch.rand(certain.shape, device=certain.device) < keep_static)
-    extra = motion_weight * near.float() + appear_weight * (changed & ~near).float()
-    cell_weight = (torch.where(certain, 1.0, 1.0 / keep_static) * (1.0 + extra))[keep]
-    target, last = target[keep], last[keep]   # only the scored cells become int64 (saves copies on CPU)
-    logits = model.cell_logits(features[keep], last)
-    target, last = model.target_classes(target), model.target_classes(last)
-    weight = (target >= 0).float() * cell_weight[:, None]
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none",
-                         ignore_index=-100)
-    recon = (ce * weight.reshape(-1)).sum() / weight.sum()
-    latent_loss = vq_loss
-    if model.event_classes:
-        pixels_per_frame = weight.sum().detach() / len(past)
-        latent_loss = (vq_loss + event_kl_weight * rate.clamp(min=free_nats).mean() / pixels_per_frame
-                       + prior_kl.mean())
-        stats = {"event_rate": rate.mean().item(), "prior_kl": prior_kl.mean().item(), "drawn": drawn}
-    return recon, latent_loss, codes, (logits, target, last, weight), stats
-
-
-@torch.no_grad()
-def validate(model: LatentActionModel, sampler: TransitionSampler, batches: list[np.ndarray], device,
-             args: argparse.Namespace) -> dict:
-    model.eval()
-    totals, counts = {"recon": 0.0, "changed_acc": 0.0, "event_rate": 0.0, "prior_kl": 0.0}, 0
-    codes_all, actions_all = [], []
-    for rows in batches:
-        past, nxt, actions = sampler.batch(rows)
-        past, nxt = past.to(device), nxt.to(device)
-        recon, _, codes, (logits, target, last, _), stats = loss_terms(model, past, nxt, args.motion_weight, 1.0,
-                                                                        args.event_kl_weight, args.event_free_nats,
-                                                                        args.appear_weight)
-        changed = target != last
-        correct = (logits.argmax(-1) == target) & changed
-        totals["recon"] += recon.item()
-        totals["changed_acc"] += (correct.sum() / changed.sum().clamp(min=1)).item()
-        totals["event_rate"] += stats.get("event_rate", 0.0)
-        totals["prior_kl"] += stats.get("prior_kl", 0.0)
-        counts += 1
-        codes_all.append(codes[:, 0].cpu().numpy())
-        actions_all.append(actions)
-    model.train()
-    result = {key: value / counts for key, value in totals.items()}
-    table = action_code_table(np.concatenate(actions_all), np.concatenate(codes_all), model.num_codes)
-    result["code_purity"], result["code_separation"] = table["purity"], table["separation"]
-    return result
-
-
-def save(path: Path, model, optimizer, args, step: int, elapsed: float, best_val: float, fingerprint: str,
-         rng: np.random.Generator) -> None:
-    save_checkpoint(path, CHECKPOINT_KIND, model=model.state_dict(), config=model.config,
-                    optimizer=optimizer.state_dict(), step=step, elapsed=elapsed, best_val=best_val,
-                    data_fingerprint=fingerprint, args={k: v for k, v in vars(args).items()},
-                    torch_rng=torch.get_rng_state(), numpy_rng=rng.bit_generator.state)
+def restore(path: Path, model: LatentActionModel, optimizer: torch.optim.Optimizer, sampler: TransitionSampler,
+            config: dict, fingerprint: str, args: argparse.Namespace) -> TrainingState:
+    """--resume: the model, optimizer, counters and RNG states of latest.pt, refused when they do not match."""
+    saved = load_checkpoint(path, CHECKPOINT_KIND, "03_train_latent_action.py (without --resume)")
+    if saved["config"] != config:
+        raise UserError("--resume: latest.pt was trained with another model configuration; "
+                        "use the same flags or start over without --resume")
+    if saved.get("data_fingerprint") != fingerprint:
+        raise UserError(f"--resume: {path} was trained on another data set than {args.data_dir} "
+                        f"(recorded again since?): resume on the same data, or start over with --fresh")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    sampler.rng.bit_generator.state = saved["numpy_rng"]
+    state = TrainingState(saved["step"], saved["elapsed"], saved["best_val"])
+    if state.elapsed_before >= args.time_budget * 60 or state.step >= args.max_steps:
+        raise UserError(f"--resume: latest.pt has spent its budget ({state.step} updates, "
+                        f"{state.elapsed_before / 60:.1f} min): raise --time-budget or --max-steps to train on")
+    print(f"resumed from step {state.step} ({state.elapsed_before / 60:.1f} min trained)")
+    return state
 
 
 def main() -> None:
@@ -288,8 +157,6 @@ def main() -> None:
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     out_dir = latent_dir(args.checkpoint_dir)
-    latest_path = latent_checkpoint(args.checkpoint_dir, "latest")
-    best_path = latent_checkpoint(args.checkpoint_dir, "best")
     log_dir = Path(args.log_dir) / "latent_action"
     cache = load_frame_cache(args.data_dir, rebuild=args.rebuild_cache)
     if args.eval_only:
@@ -298,7 +165,7 @@ def main() -> None:
         evaluate(args, cache, device, training)
         return
 
-    refuse_to_replace(latest_path, args.resume, args.fresh)
+    refuse_to_replace(latent_checkpoint(args.checkpoint_dir, "latest"), args.resume, args.fresh)
     for folder in (out_dir, log_dir):
         check_writable(folder)
     config = model_config(args, cache.palette)
@@ -307,164 +174,53 @@ def main() -> None:
     except ValueError as err:
         raise UserError(str(err)) from None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step, elapsed_before, best_val = 0, 0.0, math.inf
-    train = TransitionSampler(cache, "train", model.context_frames, args.seed)
+    sampler = TransitionSampler(cache, "train", model.context_frames, args.seed)
+    state = TrainingState()
     if args.resume:
-        state = load_checkpoint(latest_path, CHECKPOINT_KIND, "03_train_latent_action.py (without --resume)")
-        if state["config"] != config:
-            raise UserError("--resume: latest.pt was trained with another model configuration; "
-                            "use the same flags or start over without --resume")
-        if state.get("data_fingerprint") != cache.fingerprint:
-            raise UserError(f"--resume: {latest_path} was trained on another data set than {args.data_dir} "
-                            f"(recorded again since?): resume on the same data, or start over with --fresh")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before, best_val = state["step"], state["elapsed"], state["best_val"]
-        torch.set_rng_state(state["torch_rng"])
-        train.rng.bit_generator.state = state["numpy_rng"]
-        if elapsed_before >= args.time_budget * 60 or step >= args.max_steps:
-            raise UserError(f"--resume: latest.pt has spent its budget ({step} updates, {elapsed_before / 60:.1f} "
-                            f"min): raise --time-budget or --max-steps to train on")
-        print(f"resumed from step {step} ({elapsed_before / 60:.1f} min trained)")
-    start_step = step
+        state = restore(latent_checkpoint(args.checkpoint_dir, "latest"), model, optimizer, sampler, config,
+                        cache.fingerprint, args)
+    start_step, trained_before = state.step, state.elapsed_before
     val = TransitionSampler(cache, "val", model.context_frames, args.seed + 1)
     val_rng = np.random.default_rng(1234)
     val_batches = [val_rng.integers(len(val), size=args.batch_size) for _ in range(args.val_batches)]
-
     n_params = sum(p.numel() for p in model.parameters())
     print(f"latent action model: {n_params / 1e6:.2f}M parameters, k={model.context_frames}, "
-          f"{model.num_codes} codes x {model.code_positions} position(s); {len(train)} train / {len(val)} val "
+          f"{model.num_codes} codes x {model.code_positions} position(s); {len(sampler)} train / {len(val)} val "
           f"transitions; device {device}, {threads} threads")
-    log_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = log_dir / "train_log.csv"
-    csv_file = open(csv_path, "a" if args.resume else "w", newline="")
-    writer = csv.writer(csv_file)
-    if not args.resume:
-        writer.writerow(["step", "minutes", "samples_per_s", "lr", "recon", "vq", "perplexity", "codes_used", "restarts",
-                         "train_code_purity", "train_code_separation", "event_rate", "prior_kl", "event_perplexity",
-                         "val_recon", "val_changed_acc", "val_code_purity", "val_code_separation", "val_event_rate",
-                         "val_prior_kl"])
-    from torch.utils.tensorboard import SummaryWriter
-    tb = SummaryWriter(str(log_dir / "tb"))
 
-    budget_s = args.time_budget * 60
-    use_amp = device.type == "cuda"
-    window_codes, window_actions, window_events = [], [], []
-    recent_z: deque[torch.Tensor] = deque(maxlen=max(10, 1024 // args.batch_size))
-    model.vq.bypass = step < args.vq_warmup
-    restarts_total = 0
-    start = time.time()
-    last_eval, last_log, samples_since = start, start, 0
-    recent = {"recon": 0.0, "vq": 0.0, "event_rate": 0.0, "prior_kl": 0.0, "n": 0}
-    bar = tqdm(total=args.max_steps if args.max_steps < 10**8 else None, initial=step, desc="03 latent", unit="step")
-    stop_reason = "budget"
-    try:
-        while True:
-            elapsed = elapsed_before + time.time() - start
-            progress = max(elapsed / budget_s, step / args.max_steps)
-            if progress >= 1:
-                break
-            lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            past, nxt, actions = train.sample(args.batch_size)
-            past, nxt = past.to(device), nxt.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                recon, vq_loss, codes, _, stats = loss_terms(model, past, nxt, args.motion_weight, args.keep_static,
-                                                              args.event_kl_weight, args.event_free_nats,
-                                                              args.appear_weight)
-            loss = recon + vq_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            samples_since += args.batch_size
-            recent["recon"] += recon.item()
-            recent["vq"] += vq_loss.item()
-            recent["event_rate"] += stats.get("event_rate", 0.0)
-            recent["prior_kl"] += stats.get("prior_kl", 0.0)
-            recent["n"] += 1
-            window_codes.append(codes[:, 0].cpu().numpy())
-            if stats:
-                window_events.append(stats["drawn"].cpu().numpy())
-            window_actions.append(actions)
-            recent_z.append(model.last_z)
-            if model.vq.bypass and step >= args.vq_warmup:
-                warm_z = torch.cat(list(recent_z))
-                model.vq.start_quantizing(warm_z)
-                tqdm.write(f"step {step}: warm-up over, codebook placed by k-means on {len(warm_z)} "
-                           f"encoder outputs; quantizing from now on")
-            elif step % args.restart_every == 0:
-                restarted = model.vq.restart_dead_codes(torch.cat(list(recent_z)), args.dead_code_threshold)
-                restarts_total += restarted
-            bar.update(1)
-            now = time.time()
-            if now - last_log >= 20 or now - last_eval >= args.eval_every or progress >= 1:
-                codes_np, actions_np = np.concatenate(window_codes), np.concatenate(window_actions)
-                table = action_code_table(actions_np, codes_np, model.num_codes)
-                usage = np.bincount(codes_np, minlength=model.num_codes) / len(codes_np)
-                ppl = perplexity(usage)
-                speed = samples_since / (now - last_log)
-                row = {"step": step, "minutes": (elapsed_before + now - start) / 60, "samples_per_s": speed, "lr": lr,
-                       "recon": recent["recon"] / recent["n"], "vq": recent["vq"] / recent["n"],
-                       "perplexity": ppl, "codes_used": int((usage > 0).sum()), "restarts": restarts_total,
-                       "train_code_purity": table["purity"], "train_code_separation": table["separation"],
-                       "event_rate": recent["event_rate"] / recent["n"], "prior_kl": recent["prior_kl"] / recent["n"],
-                       "event_perplexity": perplexity(np.bincount(np.concatenate(window_events), minlength=model.event_classes)
-                                                      / len(np.concatenate(window_events))) if window_events else 0.0}
-                val_row = {}
-                if now - last_eval >= args.eval_every:
-                    val_row = validate(model, val, val_batches, device, args)
-                    last_eval = time.time()
-                    if val_row["recon"] < best_val and not model.vq.bypass:
-                        best_val = val_row["recon"]
-                        save(best_path, model, optimizer, args, step, elapsed, best_val,
-                             cache.fingerprint, train.rng)
-                    save(latest_path, model, optimizer, args, step, elapsed, best_val,
-                         cache.fingerprint, train.rng)
-                writer.writerow([row[k] for k in row] + [val_row.get(k, "") for k in
-                                                         ("recon", "changed_acc", "code_purity", "code_separation",
-                                                          "event_rate", "prior_kl")])
-                csv_file.flush()
-                for key, value in {**row, **{f"val_{k}": v for k, v in val_row.items()}}.items():
-                    if key != "step":
-                        tb.add_scalar(f"latent/{key}", value, step)
-                bar.set_postfix(recon=f"{row['recon']:.3f}", ppl=f"{ppl:.2f}", sep=f"{table['separation']:.2f}",
-                                sps=f"{speed:.0f}")
-                tqdm.write(f"step {step}: recon {row['recon']:.4f} perplexity {ppl:.2f} event rate "
-                           f"{row['event_rate']:.2f} nats, prior KL {row['prior_kl']:.2f}, event perplexity "
-                           f"{row['event_perplexity']:.1f}; "
-                           f"codes per action {table['histogram_text']}"
-                           + (f" | val recon {val_row['recon']:.4f} changed-pixel acc {val_row['changed_acc']:.3f}"
-                              if val_row else ""))
-                window_codes, window_actions, window_events = [], [], []
-                recent = {"recon": 0.0, "vq": 0.0, "event_rate": 0.0, "prior_kl": 0.0, "n": 0}
-                last_log, samples_since = time.time(), 0
-                if step >= args.collapse_check_after and model.code_positions == 1 and ppl < 1.3:
-                    stop_reason = "collapse"
-                    break
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-    bar.close()
-    elapsed = elapsed_before + time.time() - start
-    save(latest_path, model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
-    final_val = validate(model, val, val_batches, device, args)
-    if final_val["recon"] < best_val or not best_path.exists():
-        best_val = final_val["recon"]
-        save(best_path, model, optimizer, args, step, elapsed, best_val, cache.fingerprint, train.rng)
-    csv_file.close()
-    tb.close()
+    flags = dict(vars(args))
+    loss = LossSettings(args.motion_weight, args.keep_static, args.event_kl_weight, args.event_free_nats,
+                        args.appear_weight)
+    loop = LoopSettings(args.batch_size, args.lr, args.time_budget, args.max_steps, args.eval_every, args.vq_warmup,
+                        args.restart_every, args.dead_code_threshold, args.collapse_check_after)
+
+    def save(name: str, elapsed: float) -> None:
+        save_training_state(latent_checkpoint(args.checkpoint_dir, name), model, optimizer, flags, state, elapsed,
+                            cache.fingerprint, sampler.rng)
+
+    monitor = TrainingMonitor(log_dir, model.num_codes, model.event_classes, append=args.resume)
+    stop_reason = train(model, optimizer, sampler, val, val_batches, state, loop, loss, device, monitor, save)
+    elapsed = state.elapsed_before
+    save("latest", elapsed)
+    final_val = validate(model, val, val_batches, device, loss)
+    if final_val["recon"] < state.best_val or not latent_checkpoint(args.checkpoint_dir, "best").exists():
+        state.best_val = final_val["recon"]
+        save("best", elapsed)
+    monitor.close()
     if stop_reason == "interrupted":
-        print(f"interrupted at step {step}: saved {latest_path}; continue with --resume")
+        print(f"interrupted at step {state.step}: saved {latent_checkpoint(args.checkpoint_dir, 'latest')}; "
+              f"continue with --resume")
         raise KeyboardInterrupt
     if stop_reason == "collapse":
-        raise UserError(f"the codebook collapsed (perplexity < 1.3 after {step} updates): every transition gets "
-                        f"the same code, so the latent carries no action. Try a faster codebook (--ema-decay 0.8), "
-                        f"a smaller --num-codes, or more random-policy data. Checkpoints kept in {out_dir}")
+        raise UserError(f"the codebook collapsed (perplexity < 1.3 after {state.step} updates): every transition "
+                        f"gets the same code, so the latent carries no action. Try a faster codebook "
+                        f"(--ema-decay 0.8), a smaller --num-codes, or more random-policy data. Checkpoints kept "
+                        f"in {out_dir}")
 
-    print(f"trained {step} updates in {elapsed / 60:.1f} min; best val recon {best_val:.4f}; evaluating on test episodes")
-    training = {"steps": step, "minutes": elapsed / 60, "best_val_recon": best_val,
-                "samples_per_s": (step - start_step) * args.batch_size / max(elapsed - elapsed_before, 1e-9),
+    print(f"trained {state.step} updates in {elapsed / 60:.1f} min; best val recon {state.best_val:.4f}; "
+          f"evaluating on test episodes")
+    training = {"steps": state.step, "minutes": elapsed / 60, "best_val_recon": state.best_val,
+                "samples_per_s": (state.step - start_step) * args.batch_size / max(elapsed - trained_before, 1e-9),
                 "batch_size": args.batch_size, "parameters": n_params, "preset": args.preset, "device": str(device),
                 "threads": threads, "config": {k: v for k, v in config.items() if k != "palette"}}
     evaluate(args, cache, device, training)

@@ -292,7 +292,7 @@ def main() -> None:
                         f"02_record_videos.py, then re-run {PAIRS_STAGE}")
     select_split = "val" if len(split_rows["val"]) else "train"
     report_split = "test" if len(split_rows["test"]) else select_split
-    print(f"pairs: " + ", ".join(f"{s} {len(r)}" for s, r in split_rows.items())
+    print("pairs: " + ", ".join(f"{s} {len(r)}" for s, r in split_rows.items())
           + f"; model selection on {select_split}, report on {report_split}; variant {args.variant}, "
             f"{sum(p.numel() for p in model.parameters())} parameters")
 

@@ -9,7 +9,6 @@ The reference point is the seeds' own model: about 1.4 training samples/s (batch
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -21,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.cli import positive_int, run_main, set_threads  # noqa: E402
-from common.latent_action import DEFAULT_CONFIG, LatentActionModel  # noqa: E402
+from common.latent_action import DEFAULT_CONFIG, SEEDS_CONFIG, LatentActionModel  # noqa: E402
+from common.latent_training import TransitionSampler, loss_terms  # noqa: E402
 
-train_script = importlib.import_module("03_train_latent_action")
 SEEDS_REFERENCE_SAMPLES_PER_S = 1.4
 
 
@@ -33,7 +32,7 @@ def frames_source(data_dir: str, k: int, seed: int):
         from common.frame_cache import load_frame_cache
 
         cache = load_frame_cache(data_dir)
-        sampler = train_script.TransitionSampler(cache, "train", k, seed)
+        sampler = TransitionSampler(cache, "train", k, seed)
         return lambda b: sampler.sample(b)[:2], cache.palette, "real frames from " + data_dir
     except Exception as err:  # no data set: random frames still time the arithmetic
         rng = np.random.default_rng(seed)
@@ -53,7 +52,7 @@ def bench_config(name: str, config: dict, args) -> dict:
 
     def train_step(b):
         past, nxt = batch(b)
-        recon, vq, _, _ = train_script.loss_terms(model, past, nxt, 20.0, args.keep_static)
+        recon, vq, *_ = loss_terms(model, past, nxt, 20.0, args.keep_static)
         optimizer.zero_grad(set_to_none=True)
         (recon + vq).backward()
         optimizer.step()
@@ -100,7 +99,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     args = p.parse_args()
     threads = set_threads(args.threads)
-    configs = {"ours": dict(DEFAULT_CONFIG), "seeds": {**DEFAULT_CONFIG, **train_script.SEEDS_CONFIG}}
+    configs = {"ours": dict(DEFAULT_CONFIG), "seeds": {**DEFAULT_CONFIG, **SEEDS_CONFIG}}
     results = []
     for name in args.configs.split(","):
         if name not in configs:

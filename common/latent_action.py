@@ -62,6 +62,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "commitment": 0.25,         # VQ commitment weight
     "palette": BREAKOUT_PALETTE,
 }
+# the seeds' model (03 --seeds-config): one past frame, a 7x5 grid of 256 codes of dim 128, no skips
+SEEDS_CONFIG: dict[str, Any] = {"context_frames": 1, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128,
+                                "skips": False, "copy_bias": False, "event_classes": 0}
 
 
 def past_frame_rows(t: np.ndarray, k: int) -> np.ndarray:

@@ -101,13 +101,12 @@ def test_event_sampling_follows_temperature_and_the_generator():
 
 def test_the_prior_loss_does_not_reshape_the_action_code():
     """The prior learns from the posterior; its loss must reach neither the action encoder nor the posterior."""
-    import importlib
+    from common.latent_training import event_terms
 
-    train_script = importlib.import_module("03_train_latent_action")
     model = LatentActionModel(TINY).train()
     past, nxt = model.to_index(palette_frames((4, model.context_frames))), model.to_index(palette_frames((4,), seed=2))
     quantized, _, _ = model.encode_indices(past, nxt)
-    _, rate, prior_kl, drawn = train_script.event_terms(model, past, quantized)
+    _, rate, prior_kl, drawn = event_terms(model, past, quantized)
     prior_kl.mean().backward(retain_graph=True)
     assert all(p.grad is None for p in [*model.encoder.parameters(), *model.to_code.parameters(),
                                         *model.event_encoder.parameters(), *model.to_event_logits.parameters()])
@@ -312,13 +311,12 @@ def test_missing_or_foreign_checkpoint_names_stage_3(tmp_path):
 def test_loss_weights_come_from_the_past_frames_only():
     """The extra weight sits near motion in the past frames, whatever the target frame is: a weight
     that follows the target's changes would reward drawing a change wherever one is possible."""
-    import importlib
+    from common.latent_training import loss_terms, motion_cells
 
-    train_script = importlib.import_module("03_train_latent_action")
     model = LatentActionModel(TINY)
     past = torch.zeros(1, model.context_frames, 210, 160, dtype=torch.uint8)
     past[0, -1, 100:104, 50:52] = 2          # a ball appears in the newest past frame
-    near = train_script.motion_cells(model, fold_cells(model.pad(past), model.patch))
+    near = motion_cells(model, fold_cells(model.pad(past), model.patch))
     top = model.pad_h // 2
     cell = ((100 + top) // model.patch, 50 // model.patch)
     assert near[0, cell[0], cell[1]] and near[0, cell[0] + 1, cell[1] + 1]   # its cell and the next ones
@@ -327,6 +325,6 @@ def test_loss_weights_come_from_the_past_frames_only():
     for target_row in (60, 150):  # two different next frames: the ball far up or far down
         nxt = torch.zeros(1, 210, 160, dtype=torch.uint8)
         nxt[0, target_row:target_row + 4, 50:52] = 2
-        weights.append(train_script.loss_terms(model, past, nxt, motion_weight=20.0, keep_static=1.0)[3][3])
+        weights.append(loss_terms(model, past, nxt, motion_weight=20.0, keep_static=1.0)[3][3])
     assert torch.equal(weights[0], weights[1])
     assert set(weights[0].unique().tolist()) == {0.0, 1.0, 21.0}   # padding, elsewhere, near the motion
