@@ -5,7 +5,7 @@
 
 Part 1 times one Double-DQN update (replay sampling included) for several variants, round-robin,
 so that every variant sees the same machine load; it reports the median over rounds.
-Part 2 runs the real acting+learning loop (01_train_dqn.py's Trainer) for a fixed number of agent
+Part 2 runs the real acting+learning loop (common/dqn_training.py's Trainer) for a fixed number of agent
 steps at CleanRL's setting (Nature CNN, batch 32, 1 update / 4 steps, 1 env) with 4 and 8 frames,
 with and without overlapping the emulator with the updates, and at the quick preset.
 """
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.cli import run_main  # noqa: E402
+from common.dqn_training import Trainer  # noqa: E402
 
 
 def load_train_module():
@@ -45,7 +46,7 @@ CLEANRL = ["--conv-widths", "32", "64", "64", "--fc-width", "512", "--no-dueling
 def make_trainer(script, flags: list[str], tmp: str, threads: int):
     args = script.parse_args(["--preset", "quick", "--checkpoint-dir", tmp, "--threads", str(threads),
                               "--learning-starts", "0", *flags])
-    return script.Trainer(args)
+    return Trainer(args)
 
 
 def fill_random(trainer, steps: int) -> tuple:
@@ -89,11 +90,11 @@ def bench_loop(script, flags: list[str], steps: int, threads: int, tmp: str) -> 
     trainer = make_trainer(script, flags, tmp, threads)
     env, obs, lives = fill_random(trainer, 2_000)
     a = trainer.args
-    credit, done, start = 0.0, 0, None
+    credit, done, start, warmup = 0.0, 0, None, min(64, steps // 2)
     try:
         while done < steps:
-            if done == 64:  # steady state: start the clock after a short warm-up
-                start = time.perf_counter()
+            if start is None and done >= warmup:  # steady state: start the clock after a short warm-up
+                start, warmup = time.perf_counter(), done
             actions = trainer.act(obs, 0.1, random_only=False)
             credit += a.num_envs * a.updates_per_step
             n, credit = int(credit), credit - int(credit)
@@ -102,7 +103,7 @@ def bench_loop(script, flags: list[str], steps: int, threads: int, tmp: str) -> 
             done += a.num_envs
     finally:
         env.close()
-    return (steps - 64) / (time.perf_counter() - start)
+    return (done - warmup) / (time.perf_counter() - start)
 
 
 def main() -> None:

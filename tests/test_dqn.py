@@ -11,6 +11,7 @@ import torch
 
 from common import paths
 from common.dqn import DeepMindRMSprop, DQNPolicy, QNetwork, load_policy, td_targets
+from common.dqn_training import Trainer
 from common.errors import UserError
 from common.io import save_checkpoint
 
@@ -114,7 +115,7 @@ def load_script():
 def test_non_finite_loss_saves_and_stops_with_a_clear_message(tmp_path):
     script = load_script()
     args = script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path), "--learning-starts", "0"])
-    trainer = script.Trainer(args)
+    trainer = Trainer(args)
     obs = np.zeros((args.num_envs, 8, 84, 84), dtype=np.uint8)
     trainer.replay.start(obs)
     for _ in range(10):
@@ -131,7 +132,7 @@ def test_a_run_below_every_threshold_keeps_its_best_network_as_level_1(tmp_path)
     """Stage 2 always gets a played level: best.pt becomes skill_level_1.pt, labelled as not reaching 1."""
     script = load_script()
     args = script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path), "--skill-thresholds", "5", "9"])
-    trainer = script.Trainer(args)
+    trainer = Trainer(args)
     trainer.best_score = 3.5
     trainer.save_policy("best", 3.5)
     trainer.keep_best_as_top_level()
@@ -140,7 +141,7 @@ def test_a_run_below_every_threshold_keeps_its_best_network_as_level_1(tmp_path)
     best = torch.load(paths.dqn_checkpoint(tmp_path, "best"), weights_only=True)["state_dict"]
     assert all(torch.equal(level.net.state_dict()[k], best[k]) for k in best)
 
-    reached = script.Trainer(script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path / "other")]))
+    reached = Trainer(script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path / "other")]))
     reached.skill_reached = [1.0]
     reached.save_policy("best", 1.5)
     reached.keep_best_as_top_level()                   # a reached level is never replaced by the fallback
@@ -215,7 +216,7 @@ def test_corrupt_checkpoint_for_evaluate_and_resume(tmp_path):
     result = run_script("--evaluate", str(bad), timeout=60)
     assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
     script = load_script()
-    trainer = script.Trainer(script.parse_args(["--preset", "smoke", "--resume", "--checkpoint-dir", str(tmp_path)]))
+    trainer = Trainer(script.parse_args(["--preset", "smoke", "--resume", "--checkpoint-dir", str(tmp_path)]))
     with pytest.raises(UserError, match="corrupt"):
         trainer.train()
 
@@ -227,7 +228,7 @@ def test_rnd_boltzmann_and_shaping_options_learn(tmp_path):
     script = load_script()
     args = script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path), "--rnd-coef", "0.5",
                               "--exploration", "boltzmann", "--living-penalty", "0.01", "--life-loss-penalty", "1"])
-    trainer = script.Trainer(args)
+    trainer = Trainer(args)
     env = make_vector_env(trainer.env_config, args.num_envs, training=True)
     try:
         obs, info = env.reset(seed=0)
