@@ -20,8 +20,8 @@ from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_ne
 from common.dqn import evaluate_policy, load_policy
 from common.dqn_training import Trainer
 from common.errors import UserError
-from common.io import atomic_write_json, check_writable
-from common.paths import dqn_checkpoint, dqn_dir
+from common.io import atomic_write_json, check_writable, run_lock
+from common.paths import dqn_checkpoint, dqn_dir, training_lock
 
 # evaluation means that name the skill levels; the quick preset's are what its 52 minutes reach (part1.md)
 QUICK_THRESHOLDS = [10.0, 20.0, 30.0]
@@ -54,7 +54,7 @@ PRESETS = {
 PAPER = dict(stack=4, conv_widths=[32, 64, 64], fc_width=512, replay_size=1_000_000, batch_size=32, lr=2.5e-4,
              optimizer="rmsprop-dm", double=False, dueling=False, per=False, n_step=1, target_update=10_000,
              learning_starts=50_000, updates_per_step=0.25, eps_end=0.1, eps_decay_steps=250_000,
-             eps_schedule="linear", grad_clip=0.0, num_envs=1, total_steps=12_500_000, eval_epsilon=0.05,
+             grad_clip=0.0, num_envs=1, total_steps=12_500_000, eval_epsilon=0.05,
              eval_max_frames=18_000, eval_episodes=30, sticky=0.0, noop_max=30, channels_last=False)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,7 +79,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="channels-last memory format for the convs (faster with oneDNN on CPU)")
     g.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
                    help="run gradient updates while the C++ emulator steps the games")
-    g.add_argument("--wandb", action="store_true", help="log to Weights & Biases (if installed)")
     g.add_argument("--save-every-min", type=positive_float, default=None, help="minutes between latest.pt saves")
     g.add_argument("--log-every", type=positive_int, default=None, help="agent steps between train_log rows")
 
@@ -111,17 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--per-alpha", type=non_negative_float, default=0.6)
     g.add_argument("--per-beta", type=probability, default=0.4, help="initial IS exponent, annealed to 1")
 
-    g = p.add_argument_group("exploration and rewards")
-    g.add_argument("--exploration", choices=["epsilon", "boltzmann"], default="epsilon")
+    g = p.add_argument_group("exploration")
     g.add_argument("--eps-start", type=probability, default=1.0)
     g.add_argument("--eps-end", type=probability, default=None)
     g.add_argument("--eps-decay-steps", type=positive_int, default=None)
-    g.add_argument("--eps-schedule", choices=["linear", "exp"], default=None)
-    g.add_argument("--temperature-start", type=positive_float, default=1.0, help="Boltzmann temperature")
-    g.add_argument("--temperature-end", type=positive_float, default=0.05)
-    g.add_argument("--rnd-coef", type=non_negative_float, default=0.0, help="RND intrinsic reward weight (0 = off)")
-    g.add_argument("--living-penalty", type=non_negative_float, default=0.0, help="subtracted every step")
-    g.add_argument("--life-loss-penalty", type=non_negative_float, default=0.0, help="subtracted per lost life")
 
     g = p.add_argument_group("evaluation and skill levels")
     g.add_argument("--eval-every", type=positive_int, default=None, help="agent steps between evaluations")
@@ -143,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if getattr(args, key, None) is None:
                 setattr(args, key, value)
     apply_preset(args, PRESETS)
-    defaults = dict(optimizer="adam", grad_clip=10.0, eps_schedule="linear", eval_epsilon=0.05, sticky=0.0,
+    defaults = dict(optimizer="adam", grad_clip=10.0, eval_epsilon=0.05, sticky=0.0,
                     noop_max=30)
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -188,10 +180,11 @@ def main() -> None:
     refuse_to_replace(dqn_checkpoint(args.checkpoint_dir, "latest"), args.resume, args.fresh)
     for folder in (dqn_dir(args.checkpoint_dir), Path(args.log_dir)):
         check_writable(folder)
-    trainer = Trainer(args)
-    print(f"device {trainer.device}, {trainer.threads} threads, preset {args.preset}, game {args.game}, "
-          f"{args.num_envs} envs, net {args.conv_widths}+{args.fc_width}, replay {trainer.replay.capacity:,}")
-    trainer.train()
+    with run_lock(training_lock(dqn_dir(args.checkpoint_dir)), "01_train_dqn.py run"):
+        trainer = Trainer(args)
+        print(f"device {trainer.device}, {trainer.threads} threads, preset {args.preset}, game {args.game}, "
+              f"{args.num_envs} envs, net {args.conv_widths}+{args.fc_width}, replay {trainer.replay.capacity:,}")
+        trainer.train()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import re
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from tqdm import tqdm
 from common import dataset as ds
 from common.cli import add_preset_arg, apply_preset, non_negative_int, positive_int, probability, run_main
 from common.errors import UserError
-from common.io import atomic_write_json
+from common.io import atomic_write_json, run_lock
 from common.paths import dqn_dir
 from common.recorder import (RANDOM_ENV_CONFIG, choose_split, episode_seed, gym_id, record_episode,
                              worker_init)
@@ -249,21 +248,6 @@ class LevelStore:
         atomic_write_json(self.json_path, {**header, "episodes": sorted(episodes, key=lambda r: r["index"])})
 
 
-@contextmanager
-def recording_lock(data_dir: Path):
-    """One recording per data dir at a time: a second one would delete the first one's temporary folders."""
-    owner = ds.recording_pid(data_dir)
-    if owner is not None and owner != os.getpid():
-        raise UserError(f"another recording (pid {owner}) is writing to {data_dir}; wait for it or stop it")
-    lock = ds.lock_path(data_dir)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text(str(os.getpid()))
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
 def run_jobs(jobs: list[tuple[LevelStore, dict]], workers: int) -> tuple[int, float]:
     """Play every job (in parallel), moving each finished episode into place; returns frames and seconds."""
     by_folder = {job["folder"]: (store, job) for store, job in jobs}
@@ -385,7 +369,7 @@ def main() -> None:
         verify(args.data_dir)
         return
     plans = plan_levels(args)
-    with recording_lock(args.data_dir):
+    with run_lock(ds.lock_path(args.data_dir), "recording"):
         record(args, plans)
     summary = summarize(args.data_dir)
     atomic_write_json(ds.summary_path(args.data_dir), summary)

@@ -20,12 +20,12 @@ from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_ne
                         positive_float, positive_int, probability, refuse_to_replace, run_main, set_threads)
 from common.errors import UserError
 from common.frame_cache import FrameCache, load_frame_cache
-from common.io import atomic_write_json, check_writable, load_checkpoint
+from common.io import atomic_write_json, check_writable, load_checkpoint, run_lock
 from common.latent_action import CHECKPOINT_KIND, DEFAULT_CONFIG, SEEDS_CONFIG, LatentActionModel
 from common.latent_action_eval import evaluate_world_model
 from common.latent_training import (LoopSettings, LossSettings, TrainingMonitor, TrainingState, TransitionSampler,
                                     save_training_state, train, validate)
-from common.paths import latent_checkpoint, latent_dir, latent_metrics_path
+from common.paths import latent_checkpoint, latent_dir, latent_metrics_path, training_lock
 
 PRESETS = {
     "smoke": {"time_budget": 0.15, "max_steps": 20, "batch_size": 4, "eval_every": 4.0, "val_batches": 1,
@@ -198,15 +198,16 @@ def main() -> None:
         save_training_state(latent_checkpoint(args.checkpoint_dir, name), model, optimizer, flags, state, elapsed,
                             cache.fingerprint, sampler.rng)
 
-    monitor = TrainingMonitor(log_dir, model.num_codes, model.event_classes, append=args.resume)
-    stop_reason = train(model, optimizer, sampler, val, val_batches, state, loop, loss, device, monitor, save)
-    elapsed = state.elapsed_before
-    save("latest", elapsed)
-    final_val = validate(model, val, val_batches, device, loss)
-    if final_val["recon"] < state.best_val or not latent_checkpoint(args.checkpoint_dir, "best").exists():
-        state.best_val = final_val["recon"]
-        save("best", elapsed)
-    monitor.close()
+    with run_lock(training_lock(out_dir), "03_train_latent_action.py run"):
+        monitor = TrainingMonitor(log_dir, model.num_codes, model.event_classes, append=args.resume)
+        stop_reason = train(model, optimizer, sampler, val, val_batches, state, loop, loss, device, monitor, save)
+        elapsed = state.elapsed_before
+        save("latest", elapsed)
+        final_val = validate(model, val, val_batches, device, loss)
+        if final_val["recon"] < state.best_val or not latent_checkpoint(args.checkpoint_dir, "best").exists():
+            state.best_val = final_val["recon"]
+            save("best", elapsed)
+        monitor.close()
     if stop_reason == "interrupted":
         print(f"interrupted at step {state.step}: saved {latent_checkpoint(args.checkpoint_dir, 'latest')}; "
               f"continue with --resume")

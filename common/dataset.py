@@ -243,7 +243,12 @@ def verify_dataset(data_dir: str | Path, decode: bool = True) -> list[str]:
 
 
 def require_dataset(data_dir: str | Path, decode: bool = False) -> list[Episode]:
-    """What later stages call first: the episodes, or a UserError listing the first problems."""
+    """What later stages call first: the episodes, or a UserError listing the first problems (or naming
+    the recording still writing to data_dir: its set is not complete yet)."""
+    owner = recording_pid(data_dir)
+    if owner is not None:
+        raise UserError(f"a recording (pid {owner}) is still writing to {data_dir}: wait for {STAGE} to finish "
+                        f"(or stop it) and run this stage again")
     problems = verify_dataset(data_dir, decode=decode)
     if problems:
         shown = "\n  ".join(problems[:10])

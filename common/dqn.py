@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from common.errors import UserError
 from common.io import load_checkpoint
@@ -145,28 +144,6 @@ class DeepMindRMSprop(torch.optim.Optimizer):
                 state["mean_square"].mul_(decay).addcmul_(grad, grad, value=1 - decay)
                 denom = (state["mean_square"] - state["mean_grad"].square() + group["eps"]).sqrt_()
                 param.addcdiv_(grad, denom, value=-group["lr"])
-
-
-class RND(nn.Module):
-    """Random Network Distillation (seed 001): novelty = error of a trained predictor against a
-    fixed random network on the newest frame; rewards exploring unseen screens."""
-
-    def __init__(self, width: int = 32, features: int = 128):
-        super().__init__()
-
-        def encoder() -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(1, width, 8, stride=4), nn.LeakyReLU(),
-                                 nn.Conv2d(width, width, 4, stride=2), nn.LeakyReLU(),
-                                 nn.Conv2d(width, width, 3, stride=1), nn.LeakyReLU(), nn.Flatten(),
-                                 nn.Linear(width * conv_output_size() ** 2, features))
-
-        self.target, self.predictor = encoder(), encoder()
-        self.target.requires_grad_(False)
-
-    def errors(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames: (B, 84, 84) uint8 -> per-sample squared prediction error."""
-        x = frames.float().div(255.0).unsqueeze(1)
-        return F.mse_loss(self.predictor(x), self.target(x), reduction="none").mean(dim=1)
 
 
 def evaluate_policy(policy: DQNPolicy, episodes: int, epsilon: float = 0.05, max_episode_frames: int = 108_000,

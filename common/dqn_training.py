@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from common.atari import game_over_mask, make_env_config, make_vector_env
 from common.cli import pick_device, set_threads
-from common.dqn import RND, DeepMindRMSprop, DQNPolicy, build_q_network, evaluate_policy, td_targets, to_model_input
+from common.dqn import DeepMindRMSprop, DQNPolicy, build_q_network, evaluate_policy, td_targets, to_model_input
 from common.errors import UserError
 from common.io import load_checkpoint, save_checkpoint
 from common.paths import dqn_checkpoint, dqn_dir
@@ -32,12 +32,9 @@ EVAL_LOG_FIELDS = ["step", "frames", "wall_s", "eval_mean", "eval_std", "eval_mi
                    "zero_reward_life_share"]
 
 
-def schedule(step: int, start: float, end: float, decay_steps: int, kind: str) -> float:
-    """Linear or exponential (geometric) anneal from start to end over decay_steps, then flat."""
-    frac = min(1.0, step / decay_steps)
-    if kind == "exp" and start > 0 and end > 0:
-        return start * (end / start) ** frac
-    return start + frac * (end - start)
+def linear_schedule(step: int, start: float, end: float, decay_steps: int) -> float:
+    """Linear anneal from start to end over decay_steps, then flat."""
+    return start + min(1.0, step / decay_steps) * (end - start)
 
 
 def append_csv(path: Path, fields: list[str], row: dict) -> None:
@@ -78,11 +75,6 @@ class Trainer:
             self.optimizer = DeepMindRMSprop(self.online.parameters(), lr=args.lr)
         self.forward = torch.compile(self.online) if args.compile else self.online
         self.target_forward = torch.compile(self.target) if args.compile else self.target
-        self.rnd = self.rnd_optimizer = None
-        if args.rnd_coef > 0:
-            self.rnd = RND().to(self.device)
-            self.rnd_optimizer = torch.optim.Adam(self.rnd.predictor.parameters(), lr=1e-4)
-            self.rnd_stats = np.array([0.0, 0.0, 1e-4])  # count, mean, M2 of intrinsic rewards (Welford)
         self.replay = FrameReplay(args.replay_size, args.num_envs, args.stack, args.n_step, args.gamma,
                                   prioritized=bool(args.per), alpha=args.per_alpha)
         self.step = self.updates = self.games = 0
@@ -119,9 +111,7 @@ class Trainer:
                      optimizer_state=self.optimizer.state_dict(), updates=self.updates, games=self.games,
                      best_score=self.best_score if math.isfinite(self.best_score) else None,
                      skill_reached=self.skill_reached, recent_scores=self.recent_scores[-100:],
-                     numpy_rng=self.rng.bit_generator.state, torch_rng=torch.get_rng_state(),
-                     rnd_state=self.rnd.state_dict() if self.rnd else None,
-                     rnd_optimizer_state=self.rnd_optimizer.state_dict() if self.rnd else None)
+                     numpy_rng=self.rng.bit_generator.state, torch_rng=torch.get_rng_state())
         self.save_policy("latest", self.best_score if math.isfinite(self.best_score) else None, **extra)
 
     def load_latest(self) -> None:
@@ -141,9 +131,6 @@ class Trainer:
         self.recent_scores = list(payload["recent_scores"])
         self.rng.bit_generator.state = payload["numpy_rng"]
         torch.set_rng_state(payload["torch_rng"])
-        if self.rnd and payload.get("rnd_state"):
-            self.rnd.load_state_dict(payload["rnd_state"])
-            self.rnd_optimizer.load_state_dict(payload["rnd_optimizer_state"])
 
     def wall(self) -> float:
         return self.elapsed_before + time.monotonic() - self.start_time
@@ -151,9 +138,7 @@ class Trainer:
     # ---- acting and learning -----------------------------------------------------------------
     def exploration(self) -> float:
         a = self.args
-        if a.exploration == "boltzmann":
-            return schedule(self.step, a.temperature_start, a.temperature_end, a.eps_decay_steps, a.eps_schedule)
-        return schedule(self.step, a.eps_start, a.eps_end, a.eps_decay_steps, a.eps_schedule)
+        return linear_schedule(self.step, a.eps_start, a.eps_end, a.eps_decay_steps)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, explore: float, random_only: bool) -> np.ndarray:
@@ -161,27 +146,9 @@ class Trainer:
         if random_only:
             return self.rng.integers(0, num_actions, n)
         q = self.forward(to_model_input(obs, self.device, self.args.channels_last)).float()
-        if self.args.exploration == "boltzmann":
-            probs = torch.softmax(q / explore, dim=1).cpu().numpy().astype(np.float64)
-            cumulative = probs.cumsum(axis=1)
-            return np.minimum((cumulative < self.rng.random((n, 1)) * cumulative[:, -1:]).sum(axis=1),
-                              num_actions - 1)
         greedy = q.argmax(dim=1).cpu().numpy()
         random_actions = self.rng.integers(0, num_actions, n)
         return np.where(self.rng.random(n) < explore, random_actions, greedy)
-
-    def intrinsic_rewards(self, next_obs: np.ndarray) -> np.ndarray:
-        """RND novelty of the newest frames, scaled by the running std of all novelties so far."""
-        with torch.no_grad():
-            errors = self.rnd.errors(torch.as_tensor(next_obs[:, -1]).to(self.device)).cpu().numpy()
-        for value in errors:  # Welford running variance
-            count, mean, m2 = self.rnd_stats
-            count += 1
-            delta = value - mean
-            mean += delta / count
-            self.rnd_stats = np.array([count, mean, m2 + delta * (value - mean)])
-        std = math.sqrt(self.rnd_stats[2] / max(1.0, self.rnd_stats[0])) + 1e-8
-        return errors / std
 
     def learn(self) -> None:
         a = self.args
@@ -207,11 +174,6 @@ class Trainer:
         self.optimizer.step()
         if a.per:
             self.replay.update_priorities(batch["indices"], (target - q).detach().cpu().numpy())
-        if self.rnd:
-            rnd_loss = self.rnd.errors(torch.as_tensor(batch["obs"][:, -1]).to(self.device)).mean()
-            self.rnd_optimizer.zero_grad(set_to_none=True)
-            rnd_loss.backward()
-            self.rnd_optimizer.step()
         self.updates += 1
         if self.updates % a.target_update == 0:
             self.target.load_state_dict(self.online.state_dict())
@@ -278,10 +240,6 @@ class Trainer:
             for key in ("recent_score", "loss", "q_mean", "epsilon", "steps_per_s", "updates_per_s"):
                 if math.isfinite(row[key]):
                     writer.add_scalar(f"train/{key}", row[key], self.step)
-        if self.args.wandb:
-            import wandb
-
-            wandb.log(row, step=self.step)
         self.loss_sum = self.q_sum = 0.0
         self.loss_count = 0
 
@@ -305,12 +263,8 @@ class Trainer:
         if overlap and self.args.overlap:
             overlap()
         next_obs, raw, terminated, truncated, info = env.recv()
-        a = self.args
         over = game_over_mask(terminated, truncated, info["lives"], lives)
-        rewards = np.clip(raw, -1.0, 1.0).astype(np.float32) - a.living_penalty
-        rewards -= a.life_loss_penalty * terminated
-        if self.rnd:
-            rewards += a.rnd_coef * self.intrinsic_rewards(next_obs)
+        rewards = np.clip(raw, -1.0, 1.0).astype(np.float32)
         self.replay.add(actions, rewards, terminated | truncated, next_obs, over)
         self.game_returns += raw
         if count:
@@ -322,24 +276,14 @@ class Trainer:
         self.recent_scores = self.recent_scores[-100:]
         return next_obs, info["lives"].copy()
 
-    def open_loggers(self):
-        """TensorBoard (when installed) and Weights & Biases (--wandb, when installed)."""
-        writer = None
+    def open_logger(self):
+        """TensorBoard events under <log-dir>/dqn/<time>, when tensorboard is installed."""
         try:
             from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(Path(self.args.log_dir) / "dqn" / time.strftime("%Y%m%d-%H%M%S")))
         except ImportError:
             print("tensorboard not installed: no TensorBoard events")
-        if self.args.wandb:
-            try:
-                import wandb
-
-                wandb.init(project="neural-breakout-dqn", config=self.config_dict())
-            except ImportError:
-                print("wandb not installed: --wandb ignored")
-                self.args.wandb = False
-        return writer
+            return None
+        return SummaryWriter(str(Path(self.args.log_dir) / "dqn" / time.strftime("%Y%m%d-%H%M%S")))
 
     def train(self) -> None:
         """Resume or start, run the loop until the budget, evaluate once more, and leave a played level."""
@@ -348,7 +292,7 @@ class Trainer:
         if a.resume:
             self.load_latest()
             print(f"resuming at step {self.step:,} ({self.updates:,} updates, best eval {self.best_score:.1f})")
-        writer = self.open_loggers()
+        writer = self.open_logger()
         if not a.resume:
             for name in ("train_log.csv", "eval_log.csv"):
                 (self.out_dir / name).unlink(missing_ok=True)

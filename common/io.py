@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from common.errors import UserError
 
@@ -76,6 +77,26 @@ def read_json(path: str | Path, stage_hint: str = "") -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is not valid JSON ({err})"
                         + (f": re-run {stage_hint}" if stage_hint else "")) from None
+
+
+@contextmanager
+def run_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold `path` (it records our pid) while a stage writes a folder; a second run into the same folder is
+    refused while the first is alive. A lock left by a killed run is taken over."""
+    path = Path(path)
+    try:
+        owner = int(path.read_text().strip())
+        os.kill(owner, 0)
+    except (OSError, ValueError):
+        owner = None
+    if owner is not None and owner != os.getpid():
+        raise UserError(f"another {what} (pid {owner}) is writing to {path.parent}; wait for it or stop it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: str | Path, kind: str, **fields: Any) -> None:

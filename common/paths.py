@@ -77,6 +77,11 @@ def dqn_dir(checkpoint_root: str | Path) -> Path:
     return Path(checkpoint_root) / "dqn"
 
 
+def training_lock(folder: str | Path) -> Path:
+    """Holds the pid of the training run writing to a checkpoint folder (dqn/ or latent_action/)."""
+    return Path(folder) / ".training.lock"
+
+
 def dqn_checkpoint(checkpoint_root: str | Path, name: str) -> Path:
     """name: "latest", "best" or "skill_level_k"."""
     return dqn_dir(checkpoint_root) / f"{name}.pt"
