@@ -1,6 +1,6 @@
 """Stage 1: train a DQN on Atari Breakout and save checkpoints at several skill levels.
 
-    python 01_train_dqn.py --preset quick                 # 2-core CPU, 52-minute budget
+    python 01_train_dqn.py --preset quick                 # 2-core CPU, 48-minute budget
     python 01_train_dqn.py --resume                       # continue checkpoints/dqn/latest.pt
     python 01_train_dqn.py --evaluate checkpoints/dqn/best.pt --episodes 30 --epsilon 0.05
 
@@ -23,8 +23,8 @@ from common.errors import UserError
 from common.io import atomic_write_json, check_writable, run_lock
 from common.paths import dqn_checkpoint, dqn_dir, training_lock
 
-# evaluation means that name the skill levels; the quick preset's are what its 52 minutes reach (part1.md)
-QUICK_THRESHOLDS = [10.0, 20.0, 30.0]
+# evaluation means that name the skill levels; the quick preset's are what its 48 minutes reach (part1.md)
+QUICK_THRESHOLDS = [15.0, 30.0]
 
 PRESETS = {
     # the whole loop in a few seconds, for tests
@@ -35,8 +35,8 @@ PRESETS = {
                   save_every_min=5.0, threads=1, log_every=200, channels_last=False,
                   skill_thresholds=[1.0, 2.0]),
     # chosen by measurement for the most learning per wall-clock minute on a 2-core CPU (part1.md)
-    "quick": dict(total_steps=2_000_000, time_budget=52.0, num_envs=8, replay_size=100_000, batch_size=32,
-                  lr=2.5e-4, n_step=3, target_update=500, learning_starts=5_000, updates_per_step=0.125,
+    "quick": dict(total_steps=2_000_000, time_budget=48.0, num_envs=8, replay_size=100_000, batch_size=32,
+                  lr=2.5e-4, n_step=3, target_update=500, learning_starts=5_000, updates_per_step=0.25,
                   eps_end=0.02, eps_decay_steps=50_000, stack=8, conv_widths=[16, 32, 32], fc_width=256,
                   dueling=True, double=True, per=True, eval_every=20_000, eval_episodes=8,
                   eval_max_frames=40_000, save_every_min=5.0, threads=1, log_every=5_000, channels_last=True,

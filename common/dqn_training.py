@@ -24,6 +24,7 @@ from common.dqn import DeepMindRMSprop, DQNPolicy, build_q_network, evaluate_pol
 from common.errors import UserError
 from common.io import load_checkpoint, save_checkpoint
 from common.paths import dqn_checkpoint, dqn_dir
+from common.plots import plot_eval_curves
 from common.replay import FrameReplay
 
 TRAIN_LOG_FIELDS = ["step", "frames", "wall_s", "games", "epsilon", "recent_score", "loss", "q_mean",
@@ -198,6 +199,8 @@ class Trainer:
                "eval_max": result["max"], "episodes": result["episodes"],
                "zero_reward_life_share": result["zero_reward_life_share"]}
         append_csv(self.out_dir / "eval_log.csv", EVAL_LOG_FIELDS, row)
+        plot_eval_curves({"evaluation": self.out_dir / "eval_log.csv"}, self.out_dir / "eval_curve.png",
+                         f"{self.env_config['game']}, preset {self.args.preset}")
         if writer:
             writer.add_scalar("eval/mean", score, self.step)
             writer.add_scalar("eval/mean_vs_wall_minutes", score, int(self.wall() / 60))

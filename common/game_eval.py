@@ -442,3 +442,49 @@ def evaluate_game(game: Any, starts: dict[str, list[Start]] | None = None, n_sta
                  "of a cleared wall excepted); a digit change has a cause when a brick broke on this step or "
                  "the one before, or a ball left play within the last 10 steps",
     }
+
+
+def percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{share:.1%}"
+
+
+def game_headline(measures: dict) -> dict:
+    """The game measures' headline figures (neural game; the emulator's where they differ from a constant)."""
+    serve, in_play, long_play = measures["serve"], measures["ball_in_play"], measures["long_play"]["total"]
+    return {
+        "serve_within_10_steps_game_start": serve["game_start"]["served_within_10_steps"]["neural"],
+        "serve_within_10_steps_after_lost_life": serve["after_lost_life"]["served_within_10_steps"]["neural"],
+        "serve_x_tv_distance": serve["all"]["serve_x_tv"],
+        "serve_within_10_noops_without_fire": serve["noop_only"]["neural"],
+        "ball_kept": in_play["open_loop"]["ball_kept_when_emulator_ball"],
+        "ball_within_4px_before_first_random_event": in_play["open_loop"]["ball_within_4px_before_first_event"],
+        "long_play_one_ball_share": long_play["neural"]["one_ball_share"],
+        "long_play_one_ball_share_emulator": long_play["emulator"]["one_ball_share"],
+        "long_play_bricks_back": long_play["neural"]["bricks_back"],
+    }
+
+
+def print_game_measures(measures: dict) -> None:
+    serve, in_play, games = measures["serve"], measures["ball_in_play"], measures["long_play"]
+    for kind in ("game_start", "after_lost_life"):
+        s = serve[kind]
+        print(f"serve ({kind.replace('_', ' ')}, {s['starts']} emulator states, FIRE then NOOPs): ball within 10 "
+              f"steps {percent(s['served_within_10_steps']['neural'])} (emulator "
+              f"{percent(s['served_within_10_steps']['emulator'])}); served x TV distance "
+              f"{'n/a' if s['serve_x_tv'] is None else format(s['serve_x_tv'], '.2f')}")
+    print(f"10 NOOPs without FIRE: a ball within 10 steps {percent(serve['noop_only']['neural'])} "
+          f"(emulator {percent(serve['noop_only']['emulator'])})")
+    for mode in ("open_loop", "teacher_forced"):
+        scores = in_play[mode]
+        if scores:
+            print(f"ball in play, {in_play['windows']} windows of {in_play['steps']} steps, events "
+                  f"{'drawn from the prior' if mode == 'open_loop' else 'inferred from the real frames'}: "
+                  f"ball kept {percent(scores['ball_kept_when_emulator_ball'])}, within 4 px before the first "
+                  f"random event {percent(scores['ball_within_4px_before_first_event'])} (overall "
+                  f"{percent(scores['ball_within_4px'])})")
+    for side in ("neural", "emulator"):
+        total = games["total"][side]
+        print(f"long play, {games['games']} games of {games['steps']} steps, {side}: one ball in play "
+              f"{percent(total['one_ball_share'])}, serves {total['serves']}, bricks broken "
+              f"{total['bricks_broken']}, bricks back {total['bricks_back']}, lives lost {total['lives_lost']}, "
+              f"score {total['score_gained']}, digit changes without cause {total['digit_changes_without_cause']}")

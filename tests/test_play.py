@@ -1,7 +1,6 @@
 """Stage 6: the NeuralBreakout API, the play script's modes and the control measures."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,20 +15,13 @@ import torch
 
 from common import paths
 from common.action_to_latent import knob_positions
+from common.dataset import FIRE, LEFT, NOOP, RIGHT
 from common.errors import UserError
 from common.metrics import PSNR_CAP_DB
 from common.neural_game import NeuralBreakout
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "06_play_neural_breakout.py"
-
-
-def load_script():
-    """The numbered script as a module (its name starts with a digit, so no plain import)."""
-    spec = importlib.util.spec_from_file_location("play_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_play(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -155,24 +147,24 @@ def test_missing_checkpoints_name_the_stage(tmp_path, smoke_action_to_latent):
 def test_key_mapping():
     import pygame
 
-    play = load_script()
+    import common.play as play
 
     def action(*held):
         return play.action_from_keys(lambda key: key in held)
 
-    assert action() == play.NOOP
-    assert action(pygame.K_SPACE) == play.FIRE
-    assert action(pygame.K_RIGHT) == play.RIGHT
-    assert action(pygame.K_LEFT) == play.LEFT
-    assert action(pygame.K_PERIOD) == play.NOOP
-    assert action(pygame.K_LEFT, pygame.K_RIGHT) == play.NOOP
-    assert action(pygame.K_SPACE, pygame.K_LEFT) == play.FIRE
-    assert action(pygame.K_PERIOD, pygame.K_LEFT) == play.NOOP
-    assert action(pygame.K_a) == play.NOOP
+    assert action() == NOOP
+    assert action(pygame.K_SPACE) == FIRE
+    assert action(pygame.K_RIGHT) == RIGHT
+    assert action(pygame.K_LEFT) == LEFT
+    assert action(pygame.K_PERIOD) == NOOP
+    assert action(pygame.K_LEFT, pygame.K_RIGHT) == NOOP
+    assert action(pygame.K_SPACE, pygame.K_LEFT) == FIRE
+    assert action(pygame.K_PERIOD, pygame.K_LEFT) == NOOP
+    assert action(pygame.K_a) == NOOP
 
 
 def test_keys_file_policy(tmp_path):
-    play = load_script()
+    import common.play as play
     path = tmp_path / "keys.txt"
     path.write_text("FIRE right*3\n3 noop*2\n")
     assert play.parse_keys_file(str(path)) == [1, 2, 2, 2, 3, 0, 0]
