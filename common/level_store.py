@@ -122,6 +122,11 @@ def run_jobs(jobs: list[tuple[LevelStore, dict]], workers: int) -> tuple[int, fl
     return frames, time.perf_counter() - start
 
 
+def lives_lost(lives: list[int]) -> int:
+    """How many times the lives counter drops over an episode."""
+    return int(sum(later < earlier for earlier, later in zip(lives, lives[1:])))
+
+
 def summarize(data_dir: Path) -> dict:
     """Per level: episodes, frames, splits, scores, action histogram, share of changed actions."""
     levels = {}
@@ -148,6 +153,9 @@ def summarize(data_dir: Path) -> dict:
             "score_mean": float(scores.mean()), "score_std": float(scores.std()),
             "score_min": float(scores.min()), "score_max": float(scores.max()),
             "mean_length": float(np.mean([e["num_frames"] for e in episodes])),
+            # a rally: the frames one life lasts (frames per lost life; the last life of a cut game counts too)
+            "frames_per_life": float(sum(e["num_frames"] for e in episodes) / max(sum(
+                lives_lost(e["lives"]) + bool(e.get("truncated")) for e in episodes), 1)),
             "truncated": int(sum(bool(e.get("truncated")) for e in episodes)),
             "random_action_share": float(sum(e.get("random_steps", 0) for e in episodes) / max(len(all_actions), 1)),
             "action_histogram": {name: float(h) for name, h in zip(meanings, histogram)},
@@ -159,12 +167,14 @@ def summarize(data_dir: Path) -> dict:
 
 def print_summary(summary: dict) -> None:
     print(f"\n{'level':>5} {'policy':>6} {'eps':>4} {'frames':>7} {'tr/va/te':>9} {'score mean±std':>15} "
-          f"{'min':>5} {'max':>5} {'len':>6} {'rand':>5} {'chg':>5}  actions")
+          f"{'min':>5} {'max':>5} {'len':>6} {'life':>5} {'rand':>5} {'chg':>5}  actions")
     for level, s in summary["levels"].items():
         splits = "/".join(str(s["splits"][k]) for k in ds.SPLITS)
         hist = " ".join(f"{name}:{share:.0%}" for name, share in s["action_histogram"].items())
         print(f"{level:>5} {s['policy']:>6} {s['episodes']:>4} {s['frames']:>7} {splits:>9} "
               f"{s['score_mean']:>8.1f}±{s['score_std']:<6.1f} {s['score_min']:>5g} {s['score_max']:>5g} "
-              f"{s['mean_length']:>6.0f} {s['random_action_share']:>5.0%} {s['action_changed_share']:>5.0%}  {hist}")
+              f"{s['mean_length']:>6.0f} {s['frames_per_life']:>5.0f} {s['random_action_share']:>5.0%} "
+              f"{s['action_changed_share']:>5.0%}  {hist}")
     print(f"total: {summary['total_episodes']} episodes, {summary['total_frames']} frames "
-          f"(rand = share of random actions, chg = share of steps whose action differs from the previous)")
+          f"(life = frames per lost life, rand = share of random actions, chg = share of steps whose action "
+          f"differs from the previous)")
