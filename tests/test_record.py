@@ -130,14 +130,15 @@ def test_dqn_levels_record_with_the_checkpoint_and_epsilon(tmp_path):
     level = json.loads(ds.summary_path(data_dir).read_text())["levels"]["1"]
     assert (level["threshold"], level["threshold_reached"], level["checkpoint_eval_score"]) == (10.0, False, 4.0)
     assert 0 < level["frames_per_life"] <= level["frames"]
+    episodes = ds.load_episodes(data_dir)
+    assert [e.level for e in episodes] == [1, 1] and all(e.num_frames == 31 for e in episodes)
+    random_steps = sum(e.extra["random_steps"] for e in episodes)
+    assert 15 <= random_steps <= 45  # epsilon 0.5 of 58 policy steps, drawn afresh each step
+    assert ds.verify_dataset(data_dir) == []
+
 
 
 def test_a_rally_is_counted_by_the_drops_of_the_lives_counter():
     from common.level_store import lives_lost
 
     assert lives_lost([5, 5, 4, 4, 3, 3]) == 2 and lives_lost([5]) == 0 and lives_lost([3, 3, 3]) == 0
-    episodes = ds.load_episodes(data_dir)
-    assert [e.level for e in episodes] == [1, 1] and all(e.num_frames == 31 for e in episodes)
-    random_steps = sum(e.extra["random_steps"] for e in episodes)
-    assert 15 <= random_steps <= 45  # epsilon 0.5 of 58 policy steps, drawn afresh each step
-    assert ds.verify_dataset(data_dir) == []
