@@ -34,14 +34,14 @@ PRESETS = {
                   double=True, per=True, eval_every=400, eval_episodes=2, eval_max_frames=2_000,
                   save_every_min=5.0, threads=1, log_every=200, channels_last=False,
                   skill_thresholds=[1.0, 2.0]),
-    # chosen by measurement for the most learning per wall-clock minute on a 2-core CPU (part1.md)
+    # sized for a CPU without a GPU: the most learning per wall-clock minute (part1.md, FINDINGS.md)
     "quick": dict(total_steps=2_000_000, time_budget=48.0, num_envs=8, replay_size=100_000, batch_size=32,
                   lr=2.5e-4, n_step=3, target_update=500, learning_starts=5_000, updates_per_step=0.25,
                   eps_end=0.02, eps_decay_steps=50_000, stack=8, conv_widths=[16, 32, 32], fc_width=256,
                   dueling=True, double=True, per=True, eval_every=20_000, eval_episodes=8,
                   eval_max_frames=40_000, save_every_min=5.0, threads=1, log_every=5_000, channels_last=True,
                   skill_thresholds=QUICK_THRESHOLDS),
-    # the seeds' numbers (seed 000) for a GPU
+    # sized for a GPU
     "full": dict(total_steps=10_000_000, time_budget=0.0, num_envs=8, replay_size=100_000, batch_size=128,
                  lr=1e-4, n_step=3, target_update=1_000, learning_starts=20_000, updates_per_step=0.25,
                  eps_end=0.1, eps_decay_steps=1_000_000, stack=8, conv_widths=[32, 64, 64], fc_width=512,
@@ -50,7 +50,7 @@ PRESETS = {
                  channels_last=False, skill_thresholds=[50.0, 150.0, 250.0]),
 }
 
-# Nature DQN (Mnih et al. 2015; seed 004 Track A): overrides preset values, explicit flags still win
+# Nature DQN (Mnih et al. 2015): overrides preset values, explicit flags still win
 PAPER = dict(stack=4, conv_widths=[32, 64, 64], fc_width=512, replay_size=1_000_000, batch_size=32, lr=2.5e-4,
              optimizer="rmsprop-dm", double=False, dueling=False, per=False, n_step=1, target_update=10_000,
              learning_starts=50_000, updates_per_step=0.25, eps_end=0.1, eps_decay_steps=250_000,

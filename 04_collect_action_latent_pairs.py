@@ -34,11 +34,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint root holding latent_action/")
     parser.add_argument("--which", choices=("best", "latest"), default="best", help="which Stage 3 checkpoint")
     parser.add_argument("--batch-size", type=positive_int, default=16,
-                        help="transitions per encoder call (on this CPU 16 encoded ~2x faster than 256: "
-                             "the first layer's input stays in cache)")
+                        help="transitions per encoder call (a small batch keeps the first layer's input in cache)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     parser.add_argument("--threads", type=positive_int, default=1,
-                        help="CPU threads (on this busy 2-core machine 1 thread encoded 10-60%% faster than 2)")
+                        help="CPU threads (1 is the fastest on a busy machine; part4.md)")
     return parser.parse_args()
 
 

@@ -62,7 +62,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     parser.add_argument("--threads", type=positive_int, default=1,
-                        help="CPU threads; the model is tiny, and on a busy 2-core machine 1 thread ran 5x faster")
+                        help="CPU threads; the model is tiny, and 1 thread is the fastest (part4.md)")
     parser.add_argument("--seed", type=int, default=0)
     return apply_preset(parser.parse_args(), PRESETS)
 

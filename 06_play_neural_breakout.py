@@ -18,8 +18,8 @@ import argparse
 import os
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads made a
-# 2-thread step 6x slower (165 ms vs 28 ms p50, bench/bench_play.py). Must be set before torch loads.
+# Idle OpenMP threads sleep instead of spinning, which a busy machine punishes (part5.md, bench/bench_play.py).
+# Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint root (stages 03 and 05)")
     parser.add_argument("--device", default="cpu", help="cpu (default: fastest at batch 1 here), cuda, mps, auto")
     parser.add_argument("--threads", type=positive_int, default=1,
-                        help="torch threads for the model; 1 is fastest at batch 1 on a busy 2-core CPU (part5.md)")
+                        help="torch threads for the model; 1 is the fastest at batch 1 on a CPU (part5.md)")
     parser.add_argument("--seed", type=int, default=0, help="start-episode choice, random policy, sampling")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0,
                         help="latent action sampling temperature: 0 = most likely latent (deterministic)")

@@ -6,8 +6,8 @@ has inertia (a transition's motion mixes the current and the previous action), L
 the wall does nothing, FIRE only matters without a ball in play. So the default variant also
 sees the newest context frames, through a compact "frame view" an MLP reads directly: the
 paddle's rows at full horizontal resolution (its position and motion to the pixel) and the
-whole frame max-pooled 8x8 (ball, bricks). A CNN over the frames was 10-50x slower to train on
-this 2-core CPU; the view costs ~0.1 ms per play step and keeps every object visible.
+whole frame max-pooled 8x8 (ball, bricks). A CNN over the frames was far slower to train on a
+CPU (part4.md); the view is cheap per play step and keeps every object visible.
 
 It can also see the previous few actions and the position of the paddle's knob. ALE plays Breakout's
 paddle controller, a knob, with discrete actions: every emulator frame LEFT turns it one way and RIGHT

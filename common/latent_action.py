@@ -212,7 +212,7 @@ class VectorQuantizer(nn.Module):
 
 
 class Block(nn.Module):
-    """Residual 3x3 conv block (no normalisation: it costs ~30% on this CPU and is not needed here)."""
+    """Residual 3x3 conv block (no normalisation: it costs CPU time and is not needed here)."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -226,7 +226,7 @@ def fold_cells(index: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, T, H, W) uint8 classes -> (B, H/patch, W/patch, T, patch*patch) uint8, each cell's pixels row-major.
 
     The same values as pixel_unshuffle + permute, which is slow on uint8: with patch 4 or 8 one row of a
-    cell is 4 or 8 adjacent bytes, so the rows are moved as int32 / int64 words (8x faster here)."""
+    cell is 4 or 8 adjacent bytes, so the rows are moved as int32 / int64 words rather than byte by byte."""
     B, T, H, W = index.shape
     word = {4: torch.int32, 8: torch.int64}.get(patch)
     if word is None or not index.is_contiguous() or index.storage_offset() % patch:

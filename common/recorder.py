@@ -26,7 +26,7 @@ from common.errors import UserError
 RANDOM_ENV_CONFIG = {"game": "breakout", "frame_skip": 4, "stack": 8, "noop_max": 30,
                      "repeat_action_probability": 0.0,
                      "action_meanings": ["NOOP", "FIRE", "RIGHT", "LEFT"]}
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # lossless; level 1 writes ~4x faster than 9 and is ~2x bigger
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # lossless; level 1 writes much faster than 9 for files ~2x bigger
 VIDEO_BAR = 30  # pixels of text under the frame: 210 + 30 = 240 rows, a multiple of the 16-px macro block
 
 
@@ -106,8 +106,8 @@ class PngWriter:
     """Encodes and writes PNGs on a background thread (cv2 releases the GIL) while the game runs on.
 
     At most `depth` frames wait in memory; flush() waits for all of them and re-raises a failed write.
-    Measured on the shared 2-core machine: 1.4-1.7x more frames/s for a single game; with one game
-    per core it broke even (no spare core to use), so it pays on machines with more cores than games.
+    It pays where a core is spare (a single game on a 2-core machine); with one game per core it breaks
+    even (part1.md).
     """
 
     def __init__(self, depth: int = 64):
