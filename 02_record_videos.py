@@ -15,7 +15,6 @@ atomically after every episode, so Ctrl-C or a crash leaves only complete episod
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common import dataset as ds
+from common.action_to_latent import file_fingerprint
 from common.cli import add_preset_arg, apply_preset, non_negative_int, positive_int, probability, run_main
 from common.errors import UserError
 from common.io import atomic_write_json, run_lock
@@ -100,10 +100,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def file_sha1(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
 def find_checkpoints(checkpoint_dir: Path) -> dict[int, Path]:
     folder = dqn_dir(checkpoint_dir)
     found = {}
@@ -157,7 +153,7 @@ def level_header(plan: dict, frame_skip: int | None) -> dict:
 
         policy = load_policy(plan["checkpoint"], "cpu")
         env_config = dict(policy.env_config)
-        checkpoint = {"name": plan["checkpoint"].name, "sha1": file_sha1(plan["checkpoint"]),
+        checkpoint = {"name": plan["checkpoint"].name, "sha1": file_fingerprint(plan["checkpoint"]),
                       "step": policy.step, "eval_score": policy.eval_score, "threshold": policy.threshold,
                       "threshold_reached": policy.threshold_reached}
     env_config["frame_skip"] = frame_skip or env_config["frame_skip"]

@@ -28,6 +28,7 @@ import torch
 from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, run_main, set_threads)
 from common.control_eval import evaluate_control, measure_play_speed
+from common import dataset as ds
 from common.dataset import load_episodes
 from common.errors import UserError
 from common.game_eval import percent, evaluate_game, game_headline, print_game_measures
@@ -35,6 +36,7 @@ from common.io import atomic_write_json
 from common.neural_game import NeuralBreakout
 from common.paths import control_metrics_path
 from common.play import make_policy, pick_start, run_headless, run_window
+from common.pretrained import playable_root
 
 PRESETS = {  # budgets of --evaluate only; playing has no budget
     "smoke": {"max_windows": 4, "speed_steps": 20, "game_starts": 2, "games": 1, "game_steps": 20},
@@ -46,7 +48,9 @@ PRESETS = {  # budgets of --evaluate only; playing has no budget
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data", help="recorded episodes (start frames) and outputs")
-    parser.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint root (stages 03 and 05)")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="checkpoint root (stages 03 and 05; default checkpoints, or the shipped weights in "
+                             "pretrained/ while checkpoints holds no trained game)")
     parser.add_argument("--device", default="cpu", help="cpu (default: fastest at batch 1 here), cuda, mps, auto")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads for the model; 1 is the fastest at batch 1 on a CPU (part5.md)")
@@ -174,10 +178,16 @@ def main() -> None:
     if args.headless and args.evaluate:
         raise UserError("choose one of --headless and --evaluate")
     policy = make_policy(args.policy, args.seed) if args.headless else None
+    explicit = args.checkpoint_dir is not None
+    args.checkpoint_dir = playable_root(args.checkpoint_dir or "checkpoints", explicit or args.evaluate)
     game = NeuralBreakout.load(args.checkpoint_dir, device=str(pick_device(args.device)), seed=args.seed)
-    episodes, split = start_episodes(args.data_dir, game.context_frames)
-    if split != "test":
-        print(f"note: no test episodes long enough; starting from {split} episodes")
+    if not args.evaluate and not ds.level_files(args.data_dir):
+        print(f"no recorded episodes in {args.data_dir}: starting from the emulator's own game start")
+        episodes, split = [], "emulator"
+    else:
+        episodes, split = start_episodes(args.data_dir, game.context_frames)
+        if split != "test":
+            print(f"note: no test episodes long enough; starting from {split} episodes")
     rng = np.random.default_rng(args.seed)
     if args.evaluate:
         run_evaluate(args, game, episodes, split, rng)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,8 +27,36 @@ from common.recorder import make_env
 HUD_HEIGHT = 14  # px under the 210x160 frame in files; 210 + 14 = 224 keeps the MP4 16-aligned
 
 
+@dataclass
+class EmulatorStart:
+    """A start made by the emulator itself when no recording exists: a game reset with `seed` (no random
+    no-ops), then NOOPs, one frame per agent step. It stands in for a recorded episode in pick_start."""
+    seed: int
+    num_frames: int
+    header: dict = field(default_factory=lambda: {"game": "breakout", "frame_skip": 4, "noop_max": 0})
+    folder: str = "the emulator's game start"
+
+    @property
+    def actions(self) -> list[int]:
+        return [NOOP] * (self.num_frames - 1)
+
+    def frames(self) -> np.ndarray:
+        env = make_env(self.header["game"], self.header["frame_skip"], self.header["noop_max"])
+        env.reset(seed=self.seed)
+        frames = [env.unwrapped.ale.getScreenRGB()]
+        for action in self.actions:
+            env.step(action)
+            frames.append(env.unwrapped.ale.getScreenRGB())
+        env.close()
+        return np.stack(frames)
+
+
 def pick_start(episodes: list, k: int, rng: np.random.Generator, random_start: bool):
-    """A random episode and t0 (its last context frame); returns (episode, t0, frames (k, 210, 160, 3))."""
+    """A random episode and t0 (its last context frame); returns (episode, t0, frames (k, 210, 160, 3)).
+    Without recorded episodes, the emulator makes the start (EmulatorStart)."""
+    if not episodes:
+        start = EmulatorStart(seed=int(rng.integers(2**31)), num_frames=k)
+        return start, k - 1, start.frames()
     episode = episodes[rng.integers(len(episodes))]
     t0 = int(rng.integers(k - 1, episode.num_frames - 1)) if random_start else k - 1
     return episode, t0, read_frames(episode, t0 - k + 1, t0 + 1)
@@ -46,7 +75,7 @@ class RealBreakout:
         self.env = None
 
     def reset_to(self, episode, t0: int, expected: np.ndarray) -> np.ndarray:
-        header = read_level(actions_path(self.data_dir, episode.level))
+        header = getattr(episode, "header", None) or read_level(actions_path(self.data_dir, episode.level))
         if self.env is None:
             self.env = make_env(header["game"], header["frame_skip"], header["noop_max"])
         self.env.reset(seed=episode.seed)

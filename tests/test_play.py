@@ -288,3 +288,21 @@ def test_absent_in_both_is_a_match_and_in_one_a_miss(monkeypatch):
     assert not ce.ball_match(frame[1], frame[3])  # 5 px apart
     assert ce.paddle_match(frame[1], frame[3])  # 3 px
     assert not ce.paddle_match(frame[1], frame[4])  # 4 px
+
+
+def test_the_shipped_weights_play_from_an_emulator_start(tmp_path, capsys):
+    """A fresh clone plays at once: with no trained game in checkpoints/ the shipped weights are chosen
+    (and said so), and without recorded data the emulator makes the start frames."""
+    from common.play import pick_start
+    from common.pretrained import PRETRAINED_ROOT, playable_root
+
+    assert playable_root(tmp_path / "checkpoints", explicit=False) == PRETRAINED_ROOT
+    assert "shipped weights" in capsys.readouterr().out
+    assert playable_root(tmp_path / "mine", explicit=True) == tmp_path / "mine"   # an asked-for root stays
+    game = NeuralBreakout.load(PRETRAINED_ROOT, seed=0)
+    start, t0, frames = pick_start([], game.context_frames, np.random.default_rng(0), random_start=False)
+    assert frames.shape == (game.context_frames, 210, 160, 3) and t0 == game.context_frames - 1
+    game.reset(frames, start.actions[:t0])
+    for action in (FIRE, RIGHT, RIGHT, LEFT, NOOP):
+        frame = game.step(action)
+        assert frame.shape == (210, 160, 3) and frame.dtype == np.uint8
