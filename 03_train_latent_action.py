@@ -26,6 +26,7 @@ from common.latent_action_eval import evaluate_world_model
 from common.latent_training import (LoopSettings, LossSettings, TrainingMonitor, TrainingState, TransitionSampler,
                                     save_training_state, train, validate)
 from common.paths import latent_checkpoint, latent_dir, latent_metrics_path, training_lock
+from common.plots import plot_latent_training
 
 PRESETS = {
     "smoke": {"time_budget": 0.15, "max_steps": 20, "batch_size": 4, "eval_every": 4.0, "val_batches": 1,
@@ -208,6 +209,7 @@ def main() -> None:
             state.best_val = final_val["recon"]
             save("best", elapsed)
         monitor.close()
+    plot_latent_training(log_dir / "train_log.csv", log_dir / "training_curves.png")
     if stop_reason == "interrupted":
         print(f"interrupted at step {state.step}: saved {latent_checkpoint(args.checkpoint_dir, 'latest')}; "
               f"continue with --resume")

@@ -28,6 +28,7 @@ from common.errors import UserError
 from common.frame_cache import load_frame_cache
 from common.io import atomic_write_json, check_writable, load_checkpoint, read_json, save_checkpoint
 from common.paths import action_to_latent_checkpoint, action_to_latent_metrics_path, latent_dir, pairs_path
+from common.plots import plot_action_confusion
 
 PAIRS_STAGE = "04_collect_action_latent_pairs.py"
 PRESETS = {
@@ -323,6 +324,7 @@ def main() -> None:
     fields = {key: value for key, value in payload.items() if key not in ("kind", "format")}
     save_checkpoint(out_path, KIND, **{**fields, "metrics": metrics})
     atomic_write_json(action_to_latent_metrics_path(args.checkpoint_dir), metrics)
+    plot_action_confusion(metrics, latent_dir(args.checkpoint_dir) / "action_to_latent_confusion.png")
     print_report(metrics, names)
     print(f"wrote {out_path} and {action_to_latent_metrics_path(args.checkpoint_dir)}")
 

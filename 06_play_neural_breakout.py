@@ -25,10 +25,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import torch
 
+from common import dataset as ds
 from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, run_main, set_threads)
 from common.control_eval import evaluate_control, measure_play_speed
-from common import dataset as ds
 from common.dataset import load_episodes
 from common.errors import UserError
 from common.game_eval import percent, evaluate_game, game_headline, print_game_measures
@@ -36,6 +36,7 @@ from common.io import atomic_write_json
 from common.neural_game import NeuralBreakout
 from common.paths import control_metrics_path
 from common.play import make_policy, pick_start, run_headless, run_window
+from common.plots import plot_control_by_step
 from common.pretrained import playable_root
 
 PRESETS = {  # budgets of --evaluate only; playing has no budget
@@ -151,6 +152,7 @@ def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list,
         metrics["inferred_latents_ball_within_4px"] = control["inferred_latents"]["ball_within_4px"]
     path = control_metrics_path(args.checkpoint_dir)
     atomic_write_json(path, metrics)
+    plot_control_by_step(metrics, path.with_name("control_by_step.png"))
     print(f"control over {control['windows']} rollouts of {args.control_steps} steps ({split} episodes): "
           f"paddle within 3 px {ours['paddle_within_3px']:.1%} (goal 95%; copy-last-frame "
           f"{still['paddle_within_3px']:.1%}), ball within 4 px {ours['ball_within_4px']:.1%} (goal 80%; "

@@ -8,7 +8,7 @@ PRESET_FLAG := $(if $(PRESET),--preset $(PRESET),)
 FRESH ?=
 FRESH_FLAG := $(if $(FRESH),--fresh,)
 
-.PHONY: pipeline test play pretrained dqn record latent pairs action-to-latent neural-gif clean-venv
+.PHONY: pipeline test play report pretrained dqn record latent pairs action-to-latent neural-gif clean-venv
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ action-to-latent: $(STAMP)
 
 play: $(STAMP)
 	$(PY) 06_play_neural_breakout.py
+
+# one page of results with plots from the latest run: runs/report/results.md
+report: $(STAMP)
+	$(PY) -m common.report
 
 # copy the playable part of checkpoints/ (a finished pipeline run) into pretrained/, the weights shipped in git
 pretrained: $(STAMP)

@@ -20,6 +20,7 @@ from common import paths
 from common.cli import add_preset_arg, default_preset, run_main
 from common.errors import UserError
 from common.io import atomic_write_json
+from common.report import write_report
 
 ROOT = Path(__file__).resolve().parent
 
@@ -145,6 +146,8 @@ def main() -> None:
     summary = summarize(data_dir, ckpt_dir, timings)
     atomic_write_json(paths.pipeline_summary_path(data_dir), summary)
     print_summary(summary)
+    page = write_report(data_dir, ckpt_dir, Path(args.log_dir), Path(args.log_dir) / "report")
+    print(f"\nresults with plots: {page}")
 
 
 def print_summary(summary: dict) -> None:

@@ -37,6 +37,11 @@ def test_smoke_pipeline_runs_every_stage_and_reports(tmp_path: Path) -> None:
     with Image.open(data / "neural_random_game.gif") as gif:
         assert gif.n_frames >= 60
     assert "pipeline summary" in result.stdout
+    page = (logs / "report" / "results.md").read_text()   # one page generated from the metrics, with plots
+    for section in ("Stage 1", "Stage 2", "Stage 3", "Stage 5", "Stage 6", "skill_level_1"):
+        assert section in page, section
+    for plot in ("agent_evaluation.png", "latent_training.png", "action_confusion.png", "control_by_step.png"):
+        assert (logs / "report" / plot).stat().st_size > 1000, plot
 
     # run again: every training stage is complete and current, so it is kept, not retrained
     trained = (paths.dqn_checkpoint(ckpt, "latest"), paths.latent_checkpoint(ckpt, "best"),
