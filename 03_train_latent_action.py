@@ -152,6 +152,19 @@ def restore(path: Path, model: LatentActionModel, optimizer: torch.optim.Optimiz
     return state
 
 
+def stop_unless_trained(stop_reason: str, step: int, checkpoint_root: str) -> None:
+    """After Ctrl-C or a collapsed codebook there is nothing to evaluate: say what was kept and stop."""
+    if stop_reason == "interrupted":
+        print(f"interrupted at step {step}: saved {latent_checkpoint(checkpoint_root, 'latest')}; "
+              f"continue with --resume")
+        raise KeyboardInterrupt
+    if stop_reason == "collapse":
+        raise UserError(f"the codebook collapsed (perplexity < 1.3 after {step} updates): every transition "
+                        f"gets the same code, so the latent carries no action. Try a faster codebook "
+                        f"(--ema-decay 0.8), a smaller --num-codes, or more random-policy data. Checkpoints kept "
+                        f"in {latent_dir(checkpoint_root)}")
+
+
 def main() -> None:
     args = parse_args()
     threads = set_threads(args.threads)
@@ -188,7 +201,6 @@ def main() -> None:
     print(f"latent action model: {n_params / 1e6:.2f}M parameters, k={model.context_frames}, "
           f"{model.num_codes} codes x {model.code_positions} position(s); {len(sampler)} train / {len(val)} val "
           f"transitions; device {device}, {threads} threads")
-
     flags = dict(vars(args))
     loss = LossSettings(args.motion_weight, args.keep_static, args.event_kl_weight, args.event_free_nats,
                         args.appear_weight)
@@ -210,15 +222,7 @@ def main() -> None:
             save("best", elapsed)
         monitor.close()
     plot_latent_training(log_dir / "train_log.csv", log_dir / "training_curves.png")
-    if stop_reason == "interrupted":
-        print(f"interrupted at step {state.step}: saved {latent_checkpoint(args.checkpoint_dir, 'latest')}; "
-              f"continue with --resume")
-        raise KeyboardInterrupt
-    if stop_reason == "collapse":
-        raise UserError(f"the codebook collapsed (perplexity < 1.3 after {state.step} updates): every transition "
-                        f"gets the same code, so the latent carries no action. Try a faster codebook "
-                        f"(--ema-decay 0.8), a smaller --num-codes, or more random-policy data. Checkpoints kept "
-                        f"in {out_dir}")
+    stop_unless_trained(stop_reason, state.step, args.checkpoint_dir)
 
     print(f"trained {state.step} updates in {elapsed / 60:.1f} min; best val recon {state.best_val:.4f}; "
           f"evaluating on test episodes")

@@ -18,19 +18,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.action_to_latent import (KIND, VARIANTS, ActionToLatent, cross_entropy,
-                                     file_fingerprint, knob_positions, past_frame_indices, previous_action_rows,
-                                     red_view, transition_metrics)
+from common.action_pairs import PAIRS_STAGE, PairInputs, build_inputs, load_pairs, recorded_frame_skip
+from common.action_to_latent import KIND, VARIANTS, ActionToLatent, cross_entropy, transition_metrics
 from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, refuse_to_replace, run_main, set_threads)
-from common.dataset import level_files, read_level, require_dataset
+from common.dataset import require_dataset
 from common.errors import UserError
-from common.frame_cache import load_frame_cache
-from common.io import atomic_write_json, check_writable, load_checkpoint, read_json, save_checkpoint
-from common.paths import action_to_latent_checkpoint, action_to_latent_metrics_path, latent_dir, pairs_path
+from common.io import atomic_write_json, check_writable, load_checkpoint, save_checkpoint
+from common.paths import action_to_latent_checkpoint, action_to_latent_metrics_path, latent_dir
 from common.plots import plot_action_confusion
 
-PAIRS_STAGE = "04_collect_action_latent_pairs.py"
 PRESETS = {
     "smoke": {"epochs": 3, "time_budget": 0.5, "batch_size": 64, "hidden": 64},
     "quick": {"epochs": 30, "time_budget": 5.0, "batch_size": 128, "hidden": 128},
@@ -66,105 +63,6 @@ def parse_args() -> argparse.Namespace:
                         help="CPU threads; the model is tiny, and 1 thread is the fastest (part4.md)")
     parser.add_argument("--seed", type=int, default=0)
     return apply_preset(parser.parse_args(), PRESETS)
-
-
-def load_pairs(data_dir: str | Path, checkpoint_root: str | Path) -> dict:
-    """Stage 4's pairs as arrays; stale pairs (from another latent checkpoint) are a UserError."""
-    doc = read_json(pairs_path(data_dir), PAIRS_STAGE)
-    if not isinstance(doc, dict) or "meta" not in doc or not doc.get("pairs"):
-        raise UserError(f"{pairs_path(data_dir)} holds no pairs: re-run {PAIRS_STAGE}")
-    meta, pairs = doc["meta"], doc["pairs"]
-    latent_file = latent_dir(checkpoint_root) / Path(meta["latent_checkpoint"]).name
-    if latent_file.exists() and file_fingerprint(latent_file) != meta["latent_fingerprint"]:
-        raise UserError(f"the pairs were made with another version of {latent_file}: re-run {PAIRS_STAGE}")
-    return {
-        "meta": meta,
-        "actions": torch.tensor([p["action"] for p in pairs], dtype=torch.int64),
-        "codes": torch.tensor([p["latent_code"] for p in pairs], dtype=torch.int64),
-        "split": np.array([p["split"] for p in pairs]),
-        "episode": [(p["level"], p["episode"]) for p in pairs],
-        "frame": np.array([p["frame"] for p in pairs]),
-    }
-
-
-def load_frame_views(data_dir: str | Path, pairs: dict, k: int, frames_used: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every frame's view (N, VIEW_SIZE) uint8 and, per pair, the rows of its newest frames_used context frames.
-
-    Frames come from Stage 3's palette-class cache (no PNG decoding); the red channel of a class is
-    exact, so the views equal frame_view() of the RGB frames that play will feed.
-    """
-    cache = load_frame_cache(data_dir)
-    red = torch.tensor([c[0] for c in cache.palette], dtype=torch.uint8)
-    cached = {(e.level, e.index): e for e in cache.episodes}
-    offsets, views, start = {}, [], 0
-    for key in tqdm(sorted(set(pairs["episode"])), desc="frame views", unit="episode"):
-        classes = torch.from_numpy(np.array(cache.episode_frames(cached[key]))).long()
-        views.append(red_view(red[classes]))
-        offsets[key] = start
-        start += len(classes)
-    index = np.empty((len(pairs["frame"]), frames_used), dtype=np.int64)
-    for n, (key, frame) in enumerate(zip(pairs["episode"], pairs["frame"])):
-        index[n] = np.asarray(past_frame_indices(int(frame), k)[-frames_used:]) + offsets[key]
-    return torch.cat(views), torch.from_numpy(index)
-
-
-def check_pairs_match_dataset(episodes: dict, pairs: dict) -> None:
-    """One pair per transition, with the data set's actions: otherwise the pairs are stale."""
-    seen: dict[tuple[int, int], list[int]] = {}
-    for key, action in zip(pairs["episode"], pairs["actions"].tolist()):
-        seen.setdefault(key, []).append(action)
-    for key, actions in seen.items():
-        if key not in episodes or episodes[key].actions != actions:
-            raise UserError(f"the pairs of level {key[0]} episode {key[1]} do not match the data set: "
-                            f"re-run {PAIRS_STAGE}")
-    unlabelled = sorted(set(episodes) - set(seen))
-    if unlabelled:
-        raise UserError(f"{len(unlabelled)} recorded episode(s) have no pairs (e.g. level {unlabelled[0][0]} "
-                        f"episode {unlabelled[0][1]}): re-run {PAIRS_STAGE}")
-
-
-def load_previous_actions(episodes: dict, pairs: dict, n: int) -> torch.Tensor:
-    """Per pair, the n actions before it in its episode (N, n) int64, oldest first (NOOP before the start)."""
-    rows_of: dict[tuple[int, int], list[int]] = {}
-    for row, key in enumerate(pairs["episode"]):
-        rows_of.setdefault(key, []).append(row)
-    previous = np.zeros((len(pairs["frame"]), n), dtype=np.int64)
-    for key, rows in rows_of.items():
-        previous[rows] = previous_action_rows(episodes[key].actions, pairs["frame"][rows], n)
-    return torch.from_numpy(previous)
-
-
-def recorded_frame_skip(data_dir: str | Path) -> int:
-    """The emulator frames per recorded step, which the knob's turn per step depends on; one for all levels."""
-    skips = {int(read_level(path).get("frame_skip", 4)) for path in level_files(data_dir).values()}
-    if not skips:
-        raise UserError(f"no recorded gameplay in {data_dir}/actions: run 02_record_videos.py first")
-    if len(skips) != 1:
-        raise UserError(f"the recorded levels use different frame skips {sorted(skips)}: the knob needs one; "
-                        f"re-record them alike or pass --no-knob")
-    return skips.pop()
-
-
-def load_knob(episodes: dict, pairs: dict, frame_skip: int) -> torch.Tensor:
-    """Per pair, the paddle knob's position before its transition (N,) float32."""
-    knob_of = {key: knob_positions(episodes[key].actions, frame_skip) for key in set(pairs["episode"])}
-    return torch.from_numpy(np.array([knob_of[key][frame] for key, frame in zip(pairs["episode"], pairs["frame"])],
-                                     dtype=np.float32))
-
-
-class PairInputs:
-    """The map's inputs for any rows of the pairs: action, frame views, previous actions and knob (as used)."""
-
-    def __init__(self, pairs: dict, views: torch.Tensor | None, view_index: torch.Tensor | None,
-                 previous: torch.Tensor | None, knob: torch.Tensor | None):
-        self.actions, self.views, self.view_index = pairs["actions"], views, view_index
-        self.previous, self.knob = previous, knob
-
-    def logits(self, model: ActionToLatent, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-        views = self.views[self.view_index[rows]].to(device) if self.views is not None else None
-        previous = self.previous[rows].to(device) if self.previous is not None else None
-        knob = self.knob[rows].to(device) if self.knob is not None else None
-        return model.features_from_views(self.actions[rows].to(device), views, previous, knob)
 
 
 @torch.no_grad()
@@ -279,13 +177,7 @@ def main() -> None:
               "action_meanings": names, "latent_fingerprint": meta["latent_fingerprint"]}
     model = ActionToLatent(config).to(device)
     episodes = {(e.level, e.index): e for e in require_dataset(args.data_dir)}
-    check_pairs_match_dataset(episodes, pairs)
-    views = view_index = None
-    if model.uses_frames:
-        views, view_index = load_frame_views(args.data_dir, pairs, model.context_frames, model.frames_used)
-    previous = load_previous_actions(episodes, pairs, model.previous_actions) if model.previous_actions else None
-    knob = load_knob(episodes, pairs, model.knob_frame_skip) if model.uses_knob else None
-    inputs = PairInputs(pairs, views, view_index, previous, knob)
+    inputs = build_inputs(args.data_dir, model, pairs, episodes)
 
     split_rows = {s: np.flatnonzero(pairs["split"] == s) for s in ("train", "val", "test")}
     if not len(split_rows["train"]):
