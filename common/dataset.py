@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,6 @@ _EPISODE_DIR = re.compile(r"^episode_(\d+)$")
 
 def recording_pid(data_dir: str | Path) -> int | None:
     """The pid of a live recording writing to data_dir, else None (no lock, or a stale one)."""
-    import os
-
     try:
         pid = int(lock_path(data_dir).read_text().strip())
         os.kill(pid, 0)
@@ -246,7 +245,7 @@ def require_dataset(data_dir: str | Path, decode: bool = False) -> list[Episode]
     """What later stages call first: the episodes, or a UserError listing the first problems (or naming
     the recording still writing to data_dir: its set is not complete yet)."""
     owner = recording_pid(data_dir)
-    if owner is not None:
+    if owner is not None and owner != os.getpid():
         raise UserError(f"a recording (pid {owner}) is still writing to {data_dir}: wait for {STAGE} to finish "
                         f"(or stop it) and run this stage again")
     problems = verify_dataset(data_dir, decode=decode)
