@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -94,12 +96,18 @@ def test_unlisted_episode_is_a_problem_unless_a_recording_is_running(data_copy):
     assert ds.verify_dataset(data_copy, decode=False) == []
     result = run_script("02_record_videos.py", "--policy", "random", "--preset", "smoke", "--data-dir", str(data_copy))
     assert result.returncode == 2 and "another recording" in result.stderr
-    # the later stages do not train on a set that is still being recorded
-    with pytest.raises(UserError, match="still writing"):
-        ds.require_dataset(data_copy)
-    result = run_script("03_train_latent_action.py", "--preset", "smoke", "--data-dir", str(data_copy),
-                        "--checkpoint-dir", str(data_copy / "ck"))
-    assert result.returncode == 2 and "still writing" in result.stderr and "Traceback" not in result.stderr
+    # the later stages do not train on a set that another process is still recording
+    recorder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ds.lock_path(data_copy).write_text(str(recorder.pid))
+        with pytest.raises(UserError, match="still writing"):
+            ds.require_dataset(data_copy)
+        result = run_script("03_train_latent_action.py", "--preset", "smoke", "--data-dir", str(data_copy),
+                            "--checkpoint-dir", str(data_copy / "ck"))
+        assert result.returncode == 2 and "still writing" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        recorder.kill()
+        recorder.wait()
 
 
 def test_atomic_writes_respect_the_umask(tmp_path):
