@@ -25,13 +25,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import torch
 
-from common import dataset as ds
 from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, run_main, set_threads)
 from common.control_eval import evaluate_control, measure_play_speed
-from common.dataset import load_episodes
+from common.dataset import level_files, load_episodes
 from common.errors import UserError
-from common.game_eval import percent, evaluate_game, game_headline, print_game_measures
+from common.game_eval import evaluate_game, game_headline, percent, print_game_measures
 from common.io import atomic_write_json
 from common.neural_game import NeuralBreakout
 from common.paths import control_metrics_path
@@ -183,7 +182,7 @@ def main() -> None:
     explicit = args.checkpoint_dir is not None
     args.checkpoint_dir = playable_root(args.checkpoint_dir or "checkpoints", explicit or args.evaluate)
     game = NeuralBreakout.load(args.checkpoint_dir, device=str(pick_device(args.device)), seed=args.seed)
-    if not args.evaluate and not ds.level_files(args.data_dir):
+    if not args.evaluate and not level_files(args.data_dir):
         print(f"no recorded episodes in {args.data_dir}: starting from the emulator's own game start")
         episodes, split = [], "emulator"
     else:

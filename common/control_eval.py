@@ -54,7 +54,11 @@ def paddle_match(pred: np.ndarray, real: np.ndarray) -> bool:
 
 def ball_match(pred: np.ndarray, real: np.ndarray) -> bool:
     """Ball centre within 4 px (Euclidean); absent in both = match, absent in one = miss."""
-    a, b = ball_xy(pred), ball_xy(real)
+    return ball_positions_match(ball_xy(pred), ball_xy(real))
+
+
+def ball_positions_match(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    """ball_match on positions already found (ball_xy), so a frame's ball is detected once."""
     if a is None or b is None:
         return a is None and b is None
     return float(np.hypot(a[0] - b[0], a[1] - b[1])) <= BALL_TOLERANCE_PX
@@ -91,8 +95,10 @@ def _rollout(step: Callable[[torch.Tensor, int], torch.Tensor], past: torch.Tens
     return torch.stack(generated, dim=1).numpy()
 
 
-def _score(generated: np.ndarray, real: np.ndarray, control_steps: int) -> dict[str, np.ndarray]:
-    """Per-window, per-step matches (first `control_steps` steps) and PSNR (all steps)."""
+def _score(generated: np.ndarray, real: np.ndarray, real_balls: list[list], control_steps: int
+           ) -> dict[str, np.ndarray]:
+    """Per-window, per-step matches (first `control_steps` steps) and PSNR (all steps); `real_balls` are the
+    real frames' ball positions (ball_xy), found once for all the rollouts scored against them."""
     batch, horizon = generated.shape[:2]
     paddle = np.zeros((batch, control_steps), bool)
     ball = np.zeros((batch, control_steps), bool)
@@ -100,8 +106,9 @@ def _score(generated: np.ndarray, real: np.ndarray, control_steps: int) -> dict[
     for b in range(batch):
         for s in range(control_steps):
             paddle[b, s] = paddle_match(generated[b, s], real[b, s])
-            ball[b, s] = ball_match(generated[b, s], real[b, s])
-            shown[b, s] = ball_xy(generated[b, s]) is not None
+            generated_ball = ball_xy(generated[b, s])
+            ball[b, s] = ball_positions_match(generated_ball, real_balls[b][s])
+            shown[b, s] = generated_ball is not None
     quality = psnr(generated, real)  # (batch, horizon), identical frames capped at 60 dB
     return {"paddle": paddle, "ball": ball, "ball_shown": shown, "psnr": quality}
 
@@ -149,15 +156,15 @@ def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30
         knob = torch.from_numpy(np.stack([knob_positions(ep.actions, game.knob_frame_skip)[t0:t0 + horizon]
                                           for ep, t0 in chunk])) if game.knob_frame_skip else None
         past, real = clips[:, :k], clips[:, k:].numpy()
-        ball_visible.append(np.array([[ball_xy(real[b, s]) is not None for s in range(control_steps)]
-                                      for b in range(len(chunk))]))
+        real_balls = [[ball_xy(real[b, s]) for s in range(control_steps)] for b in range(len(chunk))]
+        ball_visible.append(np.array([[ball is not None for ball in balls] for balls in real_balls]))
 
         generated = _rollout(lambda p, s: game.step_batch(p, actions[:, s], 0.0, previous[:, s],
                                                           None if knob is None else knob[:, s], event_temperature),
                              past, horizon)
-        results["action_to_latent"].append(_score(generated, real, control_steps))
+        results["action_to_latent"].append(_score(generated, real, real_balls, control_steps))
         still = np.repeat(past[:, -1:].numpy(), horizon, axis=1)
-        results["copy_last_frame"].append(_score(still, real, control_steps))
+        results["copy_last_frame"].append(_score(still, real, real_balls, control_steps))
         if with_inferred_latents:
             def inferred_step(p: torch.Tensor, s: int) -> torch.Tensor:
                 """The world model on its own output, with the latent the encoder infers from real frames s..k+s."""
@@ -168,7 +175,8 @@ def evaluate_control(game: Any, episodes: Sequence[Any], control_steps: int = 30
                                                         model.to_index(clips[:, k + s].to(device)))
                 return game.predict(p, codes, events)
 
-            results["inferred_latents"].append(_score(_rollout(inferred_step, past, horizon), real, control_steps))
+            results["inferred_latents"].append(_score(_rollout(inferred_step, past, horizon), real, real_balls,
+                                                             control_steps))
 
     visible = np.concatenate(ball_visible)
     moved = ~np.concatenate([s["paddle"] for s in results["copy_last_frame"]])  # > 3 px from its start position

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from common.errors import UserError
+from common.io import lock_owner
 from common.paths import (actions_path, episode_dir_name, frame_name, level_frames_dir, level_name,  # noqa: F401
                           lock_path, summary_path, video_path)
 
@@ -40,12 +41,7 @@ _EPISODE_DIR = re.compile(r"^episode_(\d+)$")
 
 def recording_pid(data_dir: str | Path) -> int | None:
     """The pid of a live recording writing to data_dir, else None (no lock, or a stale one)."""
-    try:
-        pid = int(lock_path(data_dir).read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+    return lock_owner(lock_path(data_dir))
 
 
 @dataclass

@@ -79,16 +79,22 @@ def read_json(path: str | Path, stage_hint: str = "") -> Any:
                         + (f": re-run {stage_hint}" if stage_hint else "")) from None
 
 
+def lock_owner(path: str | Path) -> int | None:
+    """The pid recorded in a lock file if that process is alive, else None (no lock, or a stale one)."""
+    try:
+        pid = int(Path(path).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 @contextmanager
 def run_lock(path: str | Path, what: str) -> Iterator[None]:
     """Hold `path` (it records our pid) while a stage writes a folder; a second run into the same folder is
     refused while the first is alive. A lock left by a killed run is taken over."""
     path = Path(path)
-    try:
-        owner = int(path.read_text().strip())
-        os.kill(owner, 0)
-    except (OSError, ValueError):
-        owner = None
+    owner = lock_owner(path)
     if owner is not None and owner != os.getpid():
         raise UserError(f"another {what} (pid {owner}) is writing to {path.parent}; wait for it or stop it")
     path.parent.mkdir(parents=True, exist_ok=True)

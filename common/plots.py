@@ -10,14 +10,30 @@ def read_csv(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
 
 
-def plot_eval_curves(eval_logs: dict[str, str | Path], out_png: str | Path, title: str = "") -> None:
-    """Evaluation mean (± std) against wall-clock minutes and agent steps, one line per run (01's eval_log.csv)."""
+def _figure(rows: int, cols: int, size: tuple[float, float], **options):
+    """A figure off screen (Agg) and its axes, flat; `options` go to plt.subplots (e.g. sharey)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (by_time, by_steps) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, **options)
+    return plt, fig, axes.ravel()
+
+
+def _save(plt, fig, out_png: str | Path) -> None:
+    """Lay out, write under a temporary name and rename, so a reader never sees half a PNG."""
+    out_png = Path(out_png)
+    tmp = out_png.with_name(f".tmp_{out_png.name}")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    tmp.replace(out_png)
+
+
+def plot_eval_curves(eval_logs: dict[str, str | Path], out_png: str | Path, title: str = "") -> None:
+    """Evaluation mean (± std) against wall-clock minutes and agent steps, one line per run (01's eval_log.csv)."""
+    plt, fig, (by_time, by_steps) = _figure(1, 2, (11, 4), sharey=True)
     for label, path in eval_logs.items():
         rows = read_csv(path)
         if not rows:
@@ -38,31 +54,7 @@ def plot_eval_curves(eval_logs: dict[str, str | Path], out_png: str | Path, titl
     by_time.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    tmp = out_png.with_name(f".tmp_{out_png.name}")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(out_png)
-
-
-def _figure(rows: int, cols: int, size: tuple[float, float]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
-    return plt, fig, axes.ravel()
-
-
-def _save(plt, fig, out_png: str | Path) -> None:
-    out_png = Path(out_png)
-    tmp = out_png.with_name(f".tmp_{out_png.name}")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(out_png)
+    _save(plt, fig, out_png)
 
 
 def plot_latent_training(train_log: str | Path, out_png: str | Path) -> None:
