@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 
 from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, probability, refuse_to_replace, run_main, set_threads)
+from common.distributed import Ranks, barrier, gather_objects, state_digest
 from common.errors import UserError
 from common.frame_cache import FrameCache, load_frame_cache
 from common.io import atomic_write_json, check_writable, load_checkpoint, run_lock
@@ -131,8 +134,11 @@ def model_config(args: argparse.Namespace, palette: list) -> dict:
 
 
 def restore(path: Path, model: LatentActionModel, optimizer: torch.optim.Optimizer, sampler: TransitionSampler,
-            config: dict, fingerprint: str, args: argparse.Namespace) -> TrainingState:
-    """--resume: the model, optimizer, counters and RNG states of latest.pt, refused when they do not match."""
+            config: dict, fingerprint: str, args: argparse.Namespace, ranks: Ranks) -> TrainingState:
+    """--resume: the model, optimizer, counters and RNG states of latest.pt, refused when they do not match.
+
+    Any number of processes resumes any other's run: the sampler's state is shared by all ranks, and a
+    rank that the saved run did not have keeps its own seeded random state."""
     saved = load_checkpoint(path, CHECKPOINT_KIND, "03_train_latent_action.py (without --resume)")
     if saved["config"] != config:
         raise UserError("--resume: latest.pt was trained with another model configuration; "
@@ -142,13 +148,17 @@ def restore(path: Path, model: LatentActionModel, optimizer: torch.optim.Optimiz
                         f"(recorded again since?): resume on the same data, or start over with --fresh")
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["torch_rng"])
+    torch_rngs = saved["torch_rng"] if isinstance(saved["torch_rng"], list) else [saved["torch_rng"]]
+    if ranks.rank < len(torch_rngs):
+        torch.set_rng_state(torch_rngs[ranks.rank])
     sampler.rng.bit_generator.state = saved["numpy_rng"]
     state = TrainingState(saved["step"], saved["elapsed"], saved["best_val"])
     if state.elapsed_before >= args.time_budget * 60 or state.step >= args.max_steps:
         raise UserError(f"--resume: latest.pt has spent its budget ({state.step} updates, "
                         f"{state.elapsed_before / 60:.1f} min): raise --time-budget or --max-steps to train on")
-    print(f"resumed from step {state.step} ({state.elapsed_before / 60:.1f} min trained)")
+    if ranks.is_main:
+        print(f"resumed from step {state.step} ({state.elapsed_before / 60:.1f} min trained"
+              f"{', in %d processes' % saved.get('world_size', 1) if saved.get('world_size', 1) > 1 else ''})")
     return state
 
 
@@ -167,40 +177,63 @@ def stop_unless_trained(stop_reason: str, step: int, checkpoint_root: str) -> No
 
 def main() -> None:
     args = parse_args()
-    threads = set_threads(args.threads)
     device = pick_device(args.device)
-    torch.manual_seed(args.seed)
+    ranks = Ranks.from_env(device.type)
+    try:
+        run(args, device, ranks)
+    finally:
+        ranks.close()
+
+
+def run(args: argparse.Namespace, device: torch.device, ranks: Ranks) -> None:
+    """Train (every rank under torchrun; rank 0 alone writes), then evaluate best.pt on rank 0."""
+    threads = set_threads(args.threads or max(1, (os.cpu_count() or 1) // ranks.local_world_size))
+    if device.type == "cuda" and ranks.distributed:
+        device = torch.device("cuda", ranks.local_rank)
+    if args.batch_size % ranks.world_size:
+        raise UserError(f"--batch-size {args.batch_size} is the global batch: it must divide by the "
+                        f"{ranks.world_size} processes")
+    torch.manual_seed(args.seed + ranks.rank)   # rank 0 starts as a single process would; DDP copies its weights
     out_dir = latent_dir(args.checkpoint_dir)
     log_dir = Path(args.log_dir) / "latent_action"
-    cache = load_frame_cache(args.data_dir, rebuild=args.rebuild_cache)
     if args.eval_only:
-        previous = latent_metrics_path(args.checkpoint_dir)
-        training = json.loads(previous.read_text()).get("training", {}) if previous.exists() else {}
-        evaluate(args, cache, device, training)
+        if ranks.is_main:
+            cache = load_frame_cache(args.data_dir, rebuild=args.rebuild_cache)
+            previous = latent_metrics_path(args.checkpoint_dir)
+            training = json.loads(previous.read_text()).get("training", {}) if previous.exists() else {}
+            evaluate(args, cache, device, training)
         return
 
     refuse_to_replace(latent_checkpoint(args.checkpoint_dir, "latest"), args.resume, args.fresh)
-    for folder in (out_dir, log_dir):
-        check_writable(folder)
+    if ranks.local_rank == 0:   # one process per machine decodes the PNGs; the others wait, then read its cache
+        cache = load_frame_cache(args.data_dir, rebuild=args.rebuild_cache)
+    barrier()
+    if ranks.local_rank != 0:
+        cache = load_frame_cache(args.data_dir)
+    if ranks.is_main:
+        for folder in (out_dir, log_dir):
+            check_writable(folder)
     config = model_config(args, cache.palette)
     try:
         model = LatentActionModel(config).to(device)
     except ValueError as err:
         raise UserError(str(err)) from None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sampler = TransitionSampler(cache, "train", model.context_frames, args.seed)
+    sampler = TransitionSampler(cache, "train", model.context_frames, args.seed, ranks)
     state = TrainingState()
     if args.resume:
         state = restore(latent_checkpoint(args.checkpoint_dir, "latest"), model, optimizer, sampler, config,
-                        cache.fingerprint, args)
+                        cache.fingerprint, args, ranks)
     start_step, trained_before = state.step, state.elapsed_before
     val = TransitionSampler(cache, "val", model.context_frames, args.seed + 1)
     val_rng = np.random.default_rng(1234)
     val_batches = [val_rng.integers(len(val), size=args.batch_size) for _ in range(args.val_batches)]
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"latent action model: {n_params / 1e6:.2f}M parameters, k={model.context_frames}, "
-          f"{model.num_codes} codes x {model.code_positions} position(s); {len(sampler)} train / {len(val)} val "
-          f"transitions; device {device}, {threads} threads")
+    if ranks.is_main:
+        print(f"latent action model: {n_params / 1e6:.2f}M parameters, k={model.context_frames}, "
+              f"{model.num_codes} codes x {model.code_positions} position(s); {len(sampler)} train / {len(val)} "
+              f"val transitions; device {device}, {threads} threads"
+              + (f" in each of {ranks.world_size} processes" if ranks.distributed else ""))
     flags = dict(vars(args))
     loss = LossSettings(args.motion_weight, args.keep_static, args.event_kl_weight, args.event_free_nats,
                         args.appear_weight)
@@ -208,28 +241,42 @@ def main() -> None:
                         args.restart_every, args.dead_code_threshold, args.collapse_check_after)
 
     def save(name: str, elapsed: float) -> None:
-        save_training_state(latent_checkpoint(args.checkpoint_dir, name), model, optimizer, flags, state, elapsed,
-                            cache.fingerprint, sampler.rng)
+        """"latest" is saved by all ranks together (it keeps each rank's random state for --resume);
+        "best" by rank 0 alone."""
+        torch_rngs = gather_objects(torch.get_rng_state()) if name == "latest" else [torch.get_rng_state()]
+        if ranks.is_main:
+            save_training_state(latent_checkpoint(args.checkpoint_dir, name), model, optimizer, flags, state,
+                                elapsed, cache.fingerprint, sampler.rng, torch_rngs, ranks.world_size)
 
-    with run_lock(training_lock(out_dir), "03_train_latent_action.py run"):
-        monitor = TrainingMonitor(log_dir, model.num_codes, model.event_classes, append=args.resume)
-        stop_reason = train(model, optimizer, sampler, val, val_batches, state, loop, loss, device, monitor, save)
+    with run_lock(training_lock(out_dir), "03_train_latent_action.py run") if ranks.is_main else nullcontext():
+        monitor = TrainingMonitor(log_dir, model.num_codes, model.event_classes, args.resume) if ranks.is_main else None
+        stop_reason = train(model, optimizer, sampler, val, val_batches, state, loop, loss, device, monitor, save,
+                            ranks)
         elapsed = state.elapsed_before
         save("latest", elapsed)
-        final_val = validate(model, val, val_batches, device, loss)
-        if final_val["recon"] < state.best_val or not latent_checkpoint(args.checkpoint_dir, "best").exists():
-            state.best_val = final_val["recon"]
-            save("best", elapsed)
-        monitor.close()
+        digests = gather_objects(state_digest(model))
+        if ranks.is_main:
+            final_val = validate(model, val, val_batches, device, loss)
+            if final_val["recon"] < state.best_val or not latent_checkpoint(args.checkpoint_dir, "best").exists():
+                state.best_val = final_val["recon"]
+                save("best", elapsed)
+            monitor.close()
+    if not ranks.is_main:   # rank 0 says why it stopped and evaluates
+        if stop_reason == "interrupted":
+            raise SystemExit(130)
+        return
     plot_latent_training(log_dir / "train_log.csv", log_dir / "training_curves.png")
     stop_unless_trained(stop_reason, state.step, args.checkpoint_dir)
+    if len(set(digests)) > 1:
+        print(f"warning: the {ranks.world_size} processes ended with different weights or codebooks")
 
     print(f"trained {state.step} updates in {elapsed / 60:.1f} min; best val recon {state.best_val:.4f}; "
           f"evaluating on test episodes")
     training = {"steps": state.step, "minutes": elapsed / 60, "best_val_recon": state.best_val,
                 "samples_per_s": (state.step - start_step) * args.batch_size / max(elapsed - trained_before, 1e-9),
                 "batch_size": args.batch_size, "parameters": n_params, "preset": args.preset, "device": str(device),
-                "threads": threads, "config": {k: v for k, v in config.items() if k != "palette"}}
+                "threads": threads, "world_size": ranks.world_size, "ranks_identical": len(set(digests)) == 1,
+                "config": {k: v for k, v in config.items() if k != "palette"}}
     evaluate(args, cache, device, training)
 
 

@@ -7,6 +7,8 @@ PRESET ?=
 PRESET_FLAG := $(if $(PRESET),--preset $(PRESET),)
 FRESH ?=
 FRESH_FLAG := $(if $(FRESH),--fresh,)
+NPROC ?=
+NPROC_FLAG := $(if $(NPROC),--nproc $(NPROC),)
 
 .PHONY: pipeline test play report pretrained dqn record latent pairs action-to-latent neural-gif clean-venv
 
@@ -17,7 +19,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 pipeline: $(STAMP)
-	$(PY) run_pipeline.py $(PRESET_FLAG) $(FRESH_FLAG)
+	$(PY) run_pipeline.py $(PRESET_FLAG) $(FRESH_FLAG) $(NPROC_FLAG)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -29,7 +31,7 @@ record: $(STAMP)
 	$(PY) 02_record_videos.py $(PRESET_FLAG)
 
 latent: $(STAMP)
-	$(PY) 03_train_latent_action.py $(PRESET_FLAG)
+	$(if $(NPROC),$(PY) -m torch.distributed.run --standalone --nproc-per-node $(NPROC),$(PY)) 03_train_latent_action.py $(PRESET_FLAG)
 
 pairs: $(STAMP)
 	$(PY) 04_collect_action_latent_pairs.py

@@ -6,6 +6,7 @@ as a user would run it, so any stage can later be re-run alone after a tweak.
 Run again, it keeps what is done: a training stage whose result exists and is newer than its input
 is kept (and said so), an interrupted world model resumes, and once a stage runs every later one
 runs again on its new output. `--fresh` (`make pipeline FRESH=1`) retrains everything.
+`--nproc N` (`make pipeline NPROC=N`) trains the world model in N processes under torchrun.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from common import paths
-from common.cli import add_preset_arg, default_preset, run_main
+from common.cli import add_preset_arg, default_preset, positive_int, run_main
 from common.errors import UserError
 from common.io import atomic_write_json
 from common.report import write_report
@@ -39,6 +40,13 @@ def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str) -> l
         ("06 neural game GIF", ["06_play_neural_breakout.py", "--headless", "--policy", "random",
                                 "--steps", "60" if preset == "smoke" else "300", *dirs]),
     ]
+
+
+def launch(argv: list[str], nproc: int) -> list[str]:
+    """The command line of one stage: the world model (03) under torchrun when nproc > 1."""
+    if nproc > 1 and argv[0].startswith("03_"):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *argv]
+    return [sys.executable, *argv]
 
 
 def stage_result(name: str, data_dir: Path, ckpt_dir: Path) -> Path | None:
@@ -118,6 +126,9 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="retrain every stage, replacing what earlier runs trained (default: keep what is "
                              "complete and current)")
+    parser.add_argument("--nproc", type=positive_int, default=1,
+                        help="processes that train the world model together (torchrun, one per GPU or a share "
+                             "of the CPU cores each)")
     args = parser.parse_args()
     preset = args.preset or default_preset()
     data_dir, ckpt_dir = Path(args.data_dir), Path(args.checkpoint_dir)
@@ -138,7 +149,7 @@ def main() -> None:
         upstream_ran = True
         print(f"\n=== {name} ({preset}){' ' + ' '.join(extra) if extra else ''} ===", flush=True)
         start = time.monotonic()
-        result = subprocess.run([sys.executable, *argv, *extra], cwd=ROOT)
+        result = subprocess.run(launch([*argv, *extra], args.nproc), cwd=ROOT)
         timings[name] = round(time.monotonic() - start, 1)
         if result.returncode != 0:
             raise UserError(f"stage '{name}' failed (exit {result.returncode}); fix it and re-run with "

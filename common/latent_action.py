@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.distributed import broadcast_buffers, sum_across_ranks
 from common.errors import UserError
 from common.paths import latent_checkpoint
 
@@ -154,17 +155,19 @@ class VectorQuantizer(nn.Module):
                 self.codebook.copy_(self._spread(z.detach(), self.num_codes))
                 self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
                 self.initialized.fill_(True)
+                broadcast_buffers(self)   # several ranks (torchrun): all start from rank 0's codebook
         codes = (z @ self.codebook.t()).argmax(-1)
         if self.bypass:
             return z, codes, z.new_zeros(())
         quantized = self.codebook[codes]
         if self.training:
-            with torch.no_grad():
+            with torch.no_grad():   # the EMA statistics of the whole batch, summed over the ranks under torchrun
                 onehot = F.one_hot(codes, self.num_codes).float()
-                self.ema_count.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-                self.ema_sum.mul_(self.decay).add_(onehot.t() @ z, alpha=1 - self.decay)
+                batch_count, batch_sum = sum_across_ranks(onehot.sum(0)), sum_across_ranks(onehot.t() @ z.detach())
+                self.ema_count.mul_(self.decay).add_(batch_count, alpha=1 - self.decay)
+                self.ema_sum.mul_(self.decay).add_(batch_sum, alpha=1 - self.decay)
                 self.codebook.copy_(F.normalize(self.ema_sum / self.ema_count.clamp(min=1e-5)[:, None], dim=-1))
-                self.counts.add_(onehot.sum(0))
+                self.counts.add_(batch_count)
         loss = self.commitment * F.mse_loss(z, quantized.detach())
         quantized = z + (quantized - z).detach()
         return quantized, codes, loss

@@ -15,9 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from common.distributed import (Ranks, StopRequest, broadcast_buffers, gather_rows, max_across_ranks,
+                                sum_across_ranks, world_size)
 from common.errors import UserError
 from common.frame_cache import FrameCache
 from common.io import save_checkpoint
@@ -67,9 +71,11 @@ class TransitionSampler:
     """Random (k past frames, next frame) pairs from one split; never crosses an episode boundary.
 
     Early transitions repeat frame 0 as their missing past, as the downstream stages do.
+    Under torchrun every rank draws the same global batch from the same seed and keeps its own share
+    of the rows, so N processes see the transitions that one process would.
     """
 
-    def __init__(self, cache: FrameCache, split: str, k: int, seed: int):
+    def __init__(self, cache: FrameCache, split: str, k: int, seed: int, ranks: Ranks = Ranks()):
         episodes = cache.split(split)
         if not episodes:
             raise UserError(f"the data set has no '{split}' episodes: record more episodes with 02_record_videos.py")
@@ -78,6 +84,7 @@ class TransitionSampler:
         self.t = np.concatenate([np.arange(e.num_frames - 1) for e in episodes])
         self.action = np.concatenate([np.asarray(e.actions, dtype=np.int64) for e in episodes])
         self.rng = np.random.default_rng(seed)
+        self.ranks = ranks
 
     def __len__(self) -> int:
         return len(self.t)
@@ -91,7 +98,10 @@ class TransitionSampler:
         return past, nxt, self.action[rows]
 
     def sample(self, batch_size: int, extra: int = 0):
-        return self.batch(self.rng.integers(len(self), size=batch_size), extra)
+        """This rank's share of a global batch of `batch_size` random transitions."""
+        rows = self.rng.integers(len(self), size=batch_size)
+        share = batch_size // self.ranks.world_size
+        return self.batch(rows[self.ranks.rank * share:(self.ranks.rank + 1) * share], extra)
 
 
 def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: int = 8) -> torch.Tensor:
@@ -127,7 +137,7 @@ def event_terms(model: LatentActionModel, past: torch.Tensor, quantized: torch.T
 
 def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, motion_weight: float,
                keep_static: float = 1.0, event_kl_weight: float = 1.0, free_nats: float = 0.1,
-               appear_weight: float = 0.0):
+               appear_weight: float = 0.0, across_ranks: bool = False):
     """Per-pixel colour cross-entropy, + the VQ loss, + the event latent's losses.
 
     Cells near motion in the past frames (motion_cells) weigh 1 + motion_weight: that is where the
@@ -140,6 +150,8 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     The event rate is priced per nat as one weight-1 pixel's cross-entropy (the reconstruction is a mean
     over weighted pixels, so the rate is divided by the weighted pixels per frame): a served ball (8
     pixels, ~1.1 nats of place) is worth its rate, a detail the prior can foresee is not.
+    Under torchrun (`across_ranks`) the weight total is the mean over the ranks' shares of the batch, so
+    the gradient that DistributedDataParallel averages is the one of the whole batch.
     Returns (recon, vq + event loss, codes, (logits, target, last, weight), event stats).
     """
     quantized, codes, vq_loss = model.encode_indices(past, nxt)
@@ -162,10 +174,13 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     weight = (target >= 0).float() * cell_weight[:, None]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none",
                          ignore_index=-100)
-    recon = (ce * weight.reshape(-1)).sum() / weight.sum()
+    weight_total = weight.sum().detach()
+    if across_ranks:
+        weight_total = sum_across_ranks(weight_total.clone()) / world_size()
+    recon = (ce * weight.reshape(-1)).sum() / weight_total
     latent_loss = vq_loss
     if model.event_classes:
-        pixels_per_frame = weight.sum().detach() / len(past)
+        pixels_per_frame = weight_total / len(past)
         latent_loss = (vq_loss + event_kl_weight * rate.clamp(min=free_nats).mean() / pixels_per_frame
                        + prior_kl.mean())
         stats = {"event_rate": rate.mean().item(), "prior_kl": prior_kl.mean().item(), "drawn": drawn}
@@ -202,11 +217,13 @@ def validate(model: LatentActionModel, sampler: TransitionSampler, batches: list
 
 
 def save_training_state(path: Path, model: LatentActionModel, optimizer: torch.optim.Optimizer, flags: dict,
-                        state: TrainingState, elapsed: float, fingerprint: str, rng: np.random.Generator) -> None:
-    """best.pt / latest.pt: the model, its config, and everything --resume needs."""
+                        state: TrainingState, elapsed: float, fingerprint: str, rng: np.random.Generator,
+                        torch_rngs: list[torch.Tensor], world_size: int = 1) -> None:
+    """best.pt / latest.pt: the model, its config, and everything --resume needs (each rank's torch
+    random state; the number of processes that trained it)."""
     save_checkpoint(path, CHECKPOINT_KIND, model=model.state_dict(), config=model.config,
                     optimizer=optimizer.state_dict(), step=state.step, elapsed=elapsed, best_val=state.best_val,
-                    data_fingerprint=fingerprint, args=flags, torch_rng=torch.get_rng_state(),
+                    data_fingerprint=fingerprint, args=flags, torch_rng=torch_rngs, world_size=world_size,
                     numpy_rng=rng.bit_generator.state)
 
 
@@ -236,7 +253,7 @@ class TrainingMonitor:
         self.sums["event_rate"] += stats.get("event_rate", 0.0)
         self.sums["prior_kl"] += stats.get("prior_kl", 0.0)
         self.updates += 1
-        self.samples += len(actions)
+        self.samples += len(actions) * world_size()   # the global batch under torchrun
         self.codes.append(codes[:, 0].cpu().numpy())
         if stats:
             self.events.append(stats["drawn"].cpu().numpy())
@@ -285,65 +302,98 @@ def cosine_lr(base_lr: float, progress: float) -> float:
     return base_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+class LossModule(nn.Module):
+    """loss_terms as a module's forward, the form DistributedDataParallel wraps to all-reduce gradients."""
+
+    def __init__(self, model: LatentActionModel, loss: LossSettings, across_ranks: bool):
+        super().__init__()
+        self.model, self.loss, self.across_ranks = model, loss, across_ranks
+
+    def forward(self, past: torch.Tensor, nxt: torch.Tensor):
+        loss = self.loss
+        return loss_terms(self.model, past, nxt, loss.motion_weight, loss.keep_static, loss.event_kl_weight,
+                          loss.event_free_nats, loss.appear_weight, self.across_ranks)
+
+
 def train(model: LatentActionModel, optimizer: torch.optim.Optimizer, sampler: TransitionSampler,
           val: TransitionSampler, val_batches: list[np.ndarray], state: TrainingState, loop: LoopSettings,
-          loss: LossSettings, device: torch.device, monitor: TrainingMonitor,
-          save: Any) -> str:
+          loss: LossSettings, device: torch.device, monitor: TrainingMonitor | None,
+          save: Any, ranks: Ranks = Ranks()) -> str:
     """Train until the time budget or step cap (or Ctrl-C, or a collapsed codebook); returns why it stopped:
-    "budget", "interrupted" or "collapse". `save(name, elapsed)` writes "best" or "latest"."""
+    "budget", "interrupted" or "collapse". `save(name, elapsed)` writes "best" or "latest".
+
+    Under torchrun every rank runs this loop on its share of each batch; the ranks agree on the clock and
+    on every stop before each update, so they all stop at the same one. Rank 0 alone (monitor given)
+    validates and logs; it alone saves "best", while "latest" is saved by all ranks together.
+    """
     budget_s = loop.time_budget_min * 60
     use_amp = device.type == "cuda"
+    step_loss = LossModule(model, loss, ranks.distributed)
+    if ranks.distributed:
+        step_loss = DistributedDataParallel(step_loss, device_ids=[device.index] if device.type == "cuda" else None,
+                                            broadcast_buffers=False)   # the codebook is kept equal by the VQ
     recent_z: deque[torch.Tensor] = deque(maxlen=max(10, 1024 // loop.batch_size))
     model.vq.bypass = state.step < loop.vq_warmup
-    restarts_total = 0
-    start = last_eval = last_log = time.time()
+    restarts_total, collapsed = 0, False
+    start = time.time()
+    last_eval = last_log = state.elapsed_before
     bar = tqdm(total=loop.max_steps if loop.max_steps < 10**8 else None, initial=state.step, desc="03 latent",
-               unit="step")
+               unit="step", disable=monitor is None)
     try:
-        while True:
-            elapsed = state.elapsed_before + time.time() - start
-            progress = max(elapsed / budget_s, state.step / loop.max_steps)
-            if progress >= 1:
-                return "budget"
-            lr = cosine_lr(loop.lr, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            past, nxt, actions = sampler.sample(loop.batch_size)
-            past, nxt = past.to(device), nxt.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                recon, vq_loss, codes, _, stats = loss_terms(model, past, nxt, loss.motion_weight, loss.keep_static,
-                                                              loss.event_kl_weight, loss.event_free_nats,
-                                                              loss.appear_weight)
-            optimizer.zero_grad(set_to_none=True)
-            (recon + vq_loss).backward()
-            optimizer.step()
-            state.step += 1
-            monitor.add(recon.item(), vq_loss.item(), stats, codes, actions)
-            recent_z.append(model.last_z)
-            if model.vq.bypass and state.step >= loop.vq_warmup:
-                warm_z = torch.cat(list(recent_z))
-                model.vq.start_quantizing(warm_z)
-                tqdm.write(f"step {state.step}: warm-up over, codebook placed by k-means on {len(warm_z)} "
-                           f"encoder outputs; quantizing from now on")
-            elif state.step % loop.restart_every == 0:
-                restarts_total += model.vq.restart_dead_codes(torch.cat(list(recent_z)), loop.dead_code_threshold)
-            bar.update(1)
-            now = time.time()
-            if now - last_log >= 20 or now - last_eval >= loop.eval_every_s:
-                row, table = monitor.row(state.step, (state.elapsed_before + now - start) / 60, lr, restarts_total)
-                val_row = {}
-                if now - last_eval >= loop.eval_every_s:
-                    val_row = validate(model, val, val_batches, device, loss)
-                    last_eval = time.time()
-                    if val_row["recon"] < state.best_val and not model.vq.bypass:
-                        state.best_val = val_row["recon"]
-                        save("best", elapsed)
-                    save("latest", elapsed)
-                monitor.write(row, val_row, table, bar)
-                last_log = time.time()
-                if state.step >= loop.collapse_check_after and model.code_positions == 1 and row["perplexity"] < 1.3:
+        with StopRequest() as stop:
+            while True:
+                elapsed, interrupted, collapse = max_across_ranks(
+                    [state.elapsed_before + time.time() - start, float(stop.requested), float(collapsed)])
+                if interrupted:
+                    return "interrupted"
+                if collapse:
                     return "collapse"
-    except KeyboardInterrupt:
+                progress = max(elapsed / budget_s, state.step / loop.max_steps)
+                if progress >= 1:
+                    return "budget"
+                lr = cosine_lr(loop.lr, progress)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                past, nxt, actions = sampler.sample(loop.batch_size)
+                past, nxt = past.to(device), nxt.to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    recon, vq_loss, codes, _, stats = step_loss(past, nxt)
+                optimizer.zero_grad(set_to_none=True)
+                (recon + vq_loss).backward()
+                optimizer.step()
+                state.step += 1
+                recent_z.append(model.last_z)
+                if model.vq.bypass and state.step >= loop.vq_warmup:
+                    warm_z = gather_rows(torch.cat(list(recent_z)))
+                    model.vq.start_quantizing(warm_z)
+                    broadcast_buffers(model.vq)
+                    if monitor is not None:
+                        tqdm.write(f"step {state.step}: warm-up over, codebook placed by k-means on {len(warm_z)} "
+                                   f"encoder outputs; quantizing from now on")
+                elif state.step % loop.restart_every == 0:
+                    restarts_total += model.vq.restart_dead_codes(gather_rows(torch.cat(list(recent_z))),
+                                                                  loop.dead_code_threshold)
+                    broadcast_buffers(model.vq)
+                bar.update(1)
+                validate_now = elapsed - last_eval >= loop.eval_every_s
+                if validate_now:
+                    last_eval = elapsed
+                    if monitor is not None:
+                        val_row = validate(model, val, val_batches, device, loss)
+                        if val_row["recon"] < state.best_val and not model.vq.bypass:
+                            state.best_val = val_row["recon"]
+                            save("best", elapsed)
+                    save("latest", elapsed)
+                if monitor is None:
+                    continue
+                monitor.add(recon.item(), vq_loss.item(), stats, codes, actions)
+                if elapsed - last_log >= 20 or validate_now:
+                    row, table = monitor.row(state.step, elapsed / 60, lr, restarts_total)
+                    monitor.write(row, val_row if validate_now else {}, table, bar)
+                    last_log = elapsed
+                    if state.step >= loop.collapse_check_after and model.code_positions == 1 and row["perplexity"] < 1.3:
+                        collapsed = True
+    except KeyboardInterrupt:   # a second Ctrl-C
         return "interrupted"
     finally:
         bar.close()

@@ -19,7 +19,7 @@ from common.errors import UserError  # noqa: E402
 from common.frame_cache import cache_paths, load_frame_cache  # noqa: E402
 from common.latent_action import (BREAKOUT_PALETTE, LatentActionModel, VectorQuantizer,  # noqa: E402
                                   fold_cells, load_latent_action_model)
-from conftest import private_data_dir, run_script  # noqa: E402
+from conftest import run_script  # noqa: E402
 
 TINY = {"widths": [8, 8, 8], "encoder_width": 8}
 
