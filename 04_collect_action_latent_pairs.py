@@ -3,7 +3,9 @@
 For transition i of an episode (frame i -> frame i+1, made by actions[i]) the encoder sees the
 k context frames i-k+1 .. i (frame 0 repeated before the start, as in Stage 3's training pairs)
 and frame i+1, and returns the latent code. The (action, latent code) pairs are what Stage 5
-learns from. Writes data/actions/action_latent_pairs.json (one record per line) and, beside it,
+learns from. With a random event latent, each pair also carries the event class the posterior reads
+off frame i+1 (`event`) and the world model's prior over it (`event_prior`, log-probabilities), which
+sees the frames and the action code but not the key: Stage 5 learns what the key adds (FIRE serves). Writes data/actions/action_latent_pairs.json (one record per line) and, beside it,
 action_latent_stats.json: action frequencies and the latent-code distribution per action.
 """
 from __future__ import annotations
@@ -48,14 +50,16 @@ def class_lookup(model, cache_palette: list) -> torch.Tensor:
 
 
 def encode_episode(model, frames: np.ndarray, lookup: torch.Tensor, batch_size: int, device: torch.device,
-                   progress: tqdm) -> np.ndarray:
-    """Latent codes (num_frames - 1, code_positions) for every transition of one episode.
+                   progress: tqdm) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Latent codes (num_frames - 1, code_positions) for every transition of one episode and, with a
+    random event latent, the posterior's event classes (num_frames - 1,) and the prior's log-probabilities
+    (num_frames - 1, event_classes) given the past frames and the inferred code; else None, None.
 
     `frames` are the episode's palette classes from Stage 3's frame cache, so no PNG is decoded
     and every frame is converted once, not once per transition that sees it.
     """
     k, num_frames = model.context_frames, len(frames)
-    codes = []
+    codes, events, priors = [], [], []
     for start in range(0, num_frames - 1, batch_size):
         stop = min(start + batch_size, num_frames - 1)  # transitions start .. stop-1
         first = max(0, start - k + 1)
@@ -63,10 +67,17 @@ def encode_episode(model, frames: np.ndarray, lookup: torch.Tensor, batch_size: 
         past_index = torch.tensor([past_frame_indices(i, k) for i in range(start, stop)]) - first
         next_index = torch.arange(start, stop) + 1 - first
         with torch.inference_mode():
-            _, batch_codes, _ = model.encode_indices(classes[past_index].to(device), classes[next_index].to(device))
+            past = classes[past_index].to(device)
+            batch_codes, batch_events = model.infer_latents(past, classes[next_index].to(device))
+            if batch_events is not None:
+                events.append(batch_events.cpu().numpy())
+                priors.append(torch.log_softmax(model.event_prior(past, batch_codes).float(), -1).cpu().numpy())
         codes.append(batch_codes.cpu().numpy().astype(np.int64))
         progress.update(stop - start)
-    return np.concatenate(codes).reshape(num_frames - 1, -1)
+    codes = np.concatenate(codes).reshape(num_frames - 1, -1)
+    if not events:
+        return codes, None, None
+    return codes, np.concatenate(events), np.concatenate(priors)
 
 
 def action_names(data_dir: str | Path) -> list[str]:
@@ -157,17 +168,22 @@ def main() -> None:
     with tqdm(total=total, desc="encoding transitions", unit="tr") as progress:
         for episode in episodes:
             frames = cache.episode_frames(cached[(episode.level, episode.index)])
-            codes = encode_episode(model, frames, lookup, args.batch_size, device, progress)
+            codes, events, priors = encode_episode(model, frames, lookup, args.batch_size, device, progress)
             folder = f"{episode.folder.parent.name}/{episode.folder.name}"
             for i, (action, code) in enumerate(zip(episode.actions, codes.tolist())):
-                records.append({"level": episode.level, "episode": episode.index, "folder": folder, "frame": i,
-                                "split": episode.split, "action": int(action), "latent_code": code})
+                record = {"level": episode.level, "episode": episode.index, "folder": folder, "frame": i,
+                          "split": episode.split, "action": int(action), "latent_code": code}
+                if events is not None:
+                    record["event"] = int(events[i])
+                    record["event_prior"] = [round(float(v), 2) for v in np.maximum(priors[i], -30.0)]
+                records.append(record)
 
     meta = {
         "latent_checkpoint": str(latent_checkpoint(args.checkpoint_dir, args.which)),
         "latent_fingerprint": file_fingerprint(latent_checkpoint(args.checkpoint_dir, args.which)),
         "context_frames": int(model.context_frames), "num_codes": int(model.num_codes),
-        "code_positions": int(model.code_positions), "action_meanings": names,
+        "code_positions": int(model.code_positions), "event_classes": int(model.event_classes),
+        "action_meanings": names,
         "padding": "frames before 0 repeat frame 0", "transitions": len(records),
     }
     write_pairs(pairs_path(args.data_dir), meta, records)

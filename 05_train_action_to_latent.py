@@ -7,6 +7,9 @@ wall does nothing, FIRE only matters without a ball in play), and the paddle kno
 hidden state ALE's paddle controller keeps (common/action_to_latent.py). Cross-entropy over every latent
 position, Adam, the best checkpoint by validation per-transition accuracy, then a report on the
 held-out test episodes: per-transition and per-position accuracy and a per-action confusion table.
+The frames variant also learns its event head (common/action_to_latent.py): cross-entropy of the
+world model's prior plus the head's correction against the event class each transition shows, reported
+as the event's negative log-likelihood per action with and without the correction.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.action_pairs import PAIRS_STAGE, PairInputs, build_inputs, load_pairs, recorded_frame_skip
@@ -84,6 +88,34 @@ def evaluate(model, pairs, inputs: PairInputs, rows, device, names) -> dict:
     return metrics
 
 
+def event_loss(model: ActionToLatent, pairs: dict, inputs: PairInputs, rows: torch.Tensor,
+               device: torch.device) -> torch.Tensor:
+    """Cross-entropy of (prior + correction) against the event classes the rows show, one value per row."""
+    logits = pairs["event_prior"][rows].to(device) + inputs.event_correction(model, rows, device)
+    return F.cross_entropy(logits, pairs["events"][rows].to(device), reduction="none")
+
+
+@torch.no_grad()
+def event_metrics(model: ActionToLatent, pairs: dict, inputs: PairInputs, rows: np.ndarray, device: torch.device,
+                  names: list[str]) -> dict:
+    """The events' negative log-likelihood (nats) under the world model's prior alone and with the map's
+    correction, overall and per action: FIRE without a ball in play is where the key decides."""
+    model.eval()
+    rows_t = torch.from_numpy(rows)
+    corrected = torch.cat([event_loss(model, pairs, inputs, rows_t[i:i + 1024], device).cpu()
+                           for i in range(0, len(rows_t), 1024)])
+    prior = F.cross_entropy(pairs["event_prior"][rows_t], pairs["events"][rows_t], reduction="none")
+    model.train()
+    actions = pairs["actions"][rows_t]
+    result = {"prior_nll": float(prior.mean()), "corrected_nll": float(corrected.mean()), "per_action": {}}
+    for action, name in enumerate(names):
+        mask = actions == action
+        if mask.any():
+            result["per_action"][name] = {"count": int(mask.sum()), "prior_nll": round(float(prior[mask].mean()), 4),
+                                          "corrected_nll": round(float(corrected[mask].mean()), 4)}
+    return result
+
+
 def majority_baseline(pairs: dict, train_rows: np.ndarray, rows: np.ndarray) -> float:
     """Accuracy of the best action-only lookup table (fitted on train): the ceiling without frames."""
     table = {}
@@ -117,6 +149,8 @@ def train(model: ActionToLatent, config: dict, pairs: dict, inputs: PairInputs, 
                 batch = torch.from_numpy(order[b * args.batch_size:(b + 1) * args.batch_size])
                 logits = inputs.logits(model, batch, device)
                 loss = cross_entropy(logits, pairs["codes"][batch].to(device))
+                if model.event_classes:
+                    loss = loss + event_loss(model, pairs, inputs, batch, device).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -174,7 +208,8 @@ def main() -> None:
               "frames_used": min(args.frames_used, meta["context_frames"]), "hidden": args.hidden,
               "previous_actions": args.previous_actions if args.variant == "frames" else 0,
               "knob_frame_skip": recorded_frame_skip(args.data_dir) if args.variant == "frames" and args.knob else 0,
-              "action_meanings": names, "latent_fingerprint": meta["latent_fingerprint"]}
+              "action_meanings": names, "latent_fingerprint": meta["latent_fingerprint"],
+              "event_classes": int(meta.get("event_classes", 0)) if args.variant == "frames" else 0}
     model = ActionToLatent(config).to(device)
     episodes = {(e.level, e.index): e for e in require_dataset(args.data_dir)}
     inputs = build_inputs(args.data_dir, model, pairs, episodes)
@@ -213,6 +248,8 @@ def main() -> None:
         "step_latency_ms": step_latency_ms(model),
         "report": report,
     }
+    if model.event_classes:
+        metrics["events"] = event_metrics(model, pairs, inputs, split_rows[report_split], device, names)
     fields = {key: value for key, value in payload.items() if key not in ("kind", "format")}
     save_checkpoint(out_path, KIND, **{**fields, "metrics": metrics})
     atomic_write_json(action_to_latent_metrics_path(args.checkpoint_dir), metrics)
@@ -232,6 +269,12 @@ def print_report(metrics: dict, names: list[str]) -> None:
               "and says nothing about control; re-train 03_train_latent_action.py")
     print(f"  one play step in the map: p50 {metrics['step_latency_ms']['p50']} ms, "
           f"p95 {metrics['step_latency_ms']['p95']} ms (CPU, {torch.get_num_threads()} thread(s))")
+    if "events" in metrics:
+        events = metrics["events"]
+        print(f"  random events, negative log-likelihood (nats) under the world model's prior alone -> with the "
+              f"map's correction: {events['prior_nll']:.3f} -> {events['corrected_nll']:.3f}; "
+              + ", ".join(f"{name} {row['prior_nll']:.3f} -> {row['corrected_nll']:.3f}"
+                          for name, row in events["per_action"].items()))
     for name, row in report["per_action"].items():
         worst = sorted(((n, t, p) for t, preds in row["confusion_true_to_predicted"].items()
                         for p, n in preds.items() if p != t), reverse=True)[:3]

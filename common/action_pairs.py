@@ -29,7 +29,7 @@ def load_pairs(data_dir: str | Path, checkpoint_root: str | Path) -> dict:
     latent_file = latent_dir(checkpoint_root) / Path(meta["latent_checkpoint"]).name
     if latent_file.exists() and file_fingerprint(latent_file) != meta["latent_fingerprint"]:
         raise UserError(f"the pairs were made with another version of {latent_file}: re-run {PAIRS_STAGE}")
-    return {
+    loaded = {
         "meta": meta,
         "actions": torch.tensor([p["action"] for p in pairs], dtype=torch.int64),
         "codes": torch.tensor([p["latent_code"] for p in pairs], dtype=torch.int64),
@@ -37,6 +37,10 @@ def load_pairs(data_dir: str | Path, checkpoint_root: str | Path) -> dict:
         "episode": [(p["level"], p["episode"]) for p in pairs],
         "frame": np.array([p["frame"] for p in pairs]),
     }
+    if meta.get("event_classes"):   # the random event each transition shows, and the world model's prior over it
+        loaded["events"] = torch.tensor([p["event"] for p in pairs], dtype=torch.int64)
+        loaded["event_prior"] = torch.tensor([p["event_prior"] for p in pairs], dtype=torch.float32)
+    return loaded
 
 
 def load_frame_views(data_dir: str | Path, pairs: dict, k: int, frames_used: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +121,11 @@ class PairInputs:
         previous = self.previous[rows].to(device) if self.previous is not None else None
         knob = self.knob[rows].to(device) if self.knob is not None else None
         return model.features_from_views(self.actions[rows].to(device), views, previous, knob)
+
+    def event_correction(self, model: ActionToLatent, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """What the map adds to the world model's event prior logits for these rows (B, event_classes)."""
+        return model.event_correction_from_views(self.actions[rows].to(device),
+                                                 self.views[self.view_index[rows]].to(device))
 
 
 def build_inputs(data_dir: str | Path, model: ActionToLatent, pairs: dict, episodes: dict) -> PairInputs:

@@ -15,6 +15,13 @@ the other by a fixed amount, and the knob stops at its ends, which lie past the 
 pushed into a wall, the picture no longer shows how far past the wall the knob is, and that decides
 whether LEFT moves the paddle this step. The knob is a clamped sum of every action since the game
 began, so it is known exactly wherever the actions are (recordings, control measures, play).
+
+The frames variant also corrects the world model's random events. The world model's prior over a
+step's random event sees the frames and the action code, and the action code cannot tell FIRE from
+NOOP (neither moves the paddle), so the prior serves a ball at the same rate whichever key is pressed.
+The map sees the key: its event head adds a correction to the prior's logits, learned from the event
+classes the world model's posterior reads off the real next frames (Stage 4). It starts at zero, so
+an untrained head leaves the prior as it is.
 """
 from __future__ import annotations
 
@@ -117,9 +124,11 @@ class ActionToLatent(nn.Module):
     config keys: num_actions, num_codes, code_positions, context_frames (the latent model's k),
     variant ("action" | "frames"), frames_used (how many of the newest context frames it sees),
     previous_actions (how many earlier actions it sees, 0 = none), knob_frame_skip (the data's frame
-    skip when it reads the paddle knob, 0 = it does not), hidden. The action, each previous action and
-    the knob's bin enter as embeddings (= linear layers on one-hot inputs) added to the linear map of
-    the frame views, then an MLP head.
+    skip when it reads the paddle knob, 0 = it does not), hidden, event_classes (the world model's random
+    event classes the event head corrects; 0 or absent = no event head). The action, each previous
+    action and the knob's bin enter as embeddings (= linear layers on one-hot inputs) added to the
+    linear map of the frame views, then an MLP head. The event head has its own action embedding, frame
+    map and MLP, so its loss leaves the latent code's map as it is.
     """
 
     def __init__(self, config: dict):
@@ -146,6 +155,14 @@ class ActionToLatent(nn.Module):
             nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
             nn.Linear(hidden, self.code_positions * self.num_codes),
         )
+        self.event_classes = int(config.get("event_classes", 0)) if self.uses_frames else 0
+        if self.event_classes:
+            self.event_action = nn.Embedding(self.num_actions, hidden)
+            self.event_frames = nn.Linear(self.frames_used * VIEW_SIZE, hidden)
+            self.event_head = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                            nn.Linear(hidden, self.event_classes))
+            nn.init.zeros_(self.event_head[-1].weight)   # starts as no correction: the prior alone
+            nn.init.zeros_(self.event_head[-1].bias)
 
     @property
     def uses_knob(self) -> bool:
@@ -172,6 +189,19 @@ class ActionToLatent(nn.Module):
                 raise ValueError("this action->latent model needs the recent frames (past=...)")
             hidden = hidden + self.frame_in(views.flatten(1).float() / 255.0)
         return self.head(hidden).view(-1, self.code_positions, self.num_codes)
+
+    def event_correction_from_views(self, actions: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """actions (B,) int64, views (B, frames_used, VIEW_SIZE) uint8 -> (B, event_classes), added to the
+        world model's event prior logits."""
+        hidden = self.event_action(actions) + self.event_frames(views.flatten(1).float() / 255.0)
+        return self.event_head(hidden)
+
+    @torch.no_grad()
+    def event_correction(self, actions: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        """actions (B,), past (B, k, 210, 160, 3) uint8 -> the correction (B, event_classes) to the prior's logits."""
+        device = self.action_embed.weight.device
+        views = self.views_from_past(torch.as_tensor(past)).to(device)
+        return self.event_correction_from_views(torch.as_tensor(actions, device=device).long(), views)
 
     def views_from_past(self, past: torch.Tensor | None) -> torch.Tensor:
         """past (B, k, 210, 160, 3) uint8, oldest first -> the newest frames_used views."""

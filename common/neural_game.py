@@ -1,9 +1,9 @@
 """NeuralBreakout: Breakout played inside the learned world model, with no emulator in the loop.
 
 One step: the action->latent model (Stages 4-5) turns the player's action, and the recent frames
-when it uses them, into a latent action; the world model's prior (Stage 3) draws the step's random
-event (where a served ball appears, which way an uncertain bounce goes) with the game's own seeded
-generator; the dynamics decoder turns the past frames plus both latents into the next frame. The
+when it uses them, into a latent action; the world model's prior (Stage 3), corrected by the map's
+event head for the key pressed (FIRE serves, NOOP does not), draws the step's random event (where a
+served ball appears, which way an uncertain bounce goes) with the game's own seeded generator; the dynamics decoder turns the past frames plus both latents into the next frame. The
 decoder picks one palette colour per pixel, so a generated frame is a valid Breakout image when it is
 appended to the context: the game runs on its own output without blur piling up. The same seed and
 the same actions replay the same game.
@@ -135,7 +135,7 @@ class NeuralBreakout:
             raise RuntimeError("call reset(frames) before step()")
         action = check_action(action)
         codes = self.latents(self.frames, torch.tensor([action]), temperature, self.previous, torch.tensor([self.knob]))
-        events = self.events(self.indices, codes, event_temperature)
+        events = self.events(self.indices, codes, event_temperature, torch.tensor([action]), self.frames)
         rgb, index = self._decode(self.indices, codes, events, event_temperature)
         self.previous = torch.cat([self.previous[:, 1:], torch.tensor([[action]])], dim=1)
         if self.knob_frame_skip:
@@ -160,12 +160,14 @@ class NeuralBreakout:
         with torch.inference_mode():
             index = self.latent_model.to_index(as_tensor(past))
         if events is None:
-            events = self.events(index, codes, event_temperature)
+            events = self.events(index, codes, event_temperature, torch.as_tensor(actions, dtype=torch.int64), past)
         return self._decode(index, codes, events, event_temperature)[0]
 
-    def events(self, past_index: torch.Tensor, codes: torch.Tensor, event_temperature: float = 1.0) -> torch.Tensor | None:
+    def events(self, past_index: torch.Tensor, codes: torch.Tensor, event_temperature: float = 1.0,
+               actions: torch.Tensor | None = None, past: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
         """The random event classes (B,) drawn from the world model's prior after past (class indices) and
-        the action codes, at `event_temperature` with the game's generator; None for a model without them."""
+        the action codes, plus the map's correction for the keys `actions` after `past` (RGB) when the map
+        has an event head, at `event_temperature` with the game's generator; None for a model without them."""
         if not math.isfinite(event_temperature) or event_temperature < 0:
             raise ValueError(f"event_temperature must be a number >= 0, got {event_temperature}")
         model = self.latent_model
@@ -173,7 +175,9 @@ class NeuralBreakout:
             return None
         device = model.vq.codebook.device
         with torch.inference_mode():
-            logits = model.event_prior(past_index.to(device), codes.to(device))
+            logits = model.event_prior(past_index.to(device), codes.to(device)).float()
+            if getattr(self.action_model, "event_classes", 0) and actions is not None:
+                logits = logits + self.action_model.event_correction(actions, as_tensor(past)).to(device)
             return model.sample_event(logits, float(event_temperature), self.generator)
 
     def latents(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,

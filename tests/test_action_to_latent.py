@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common import paths
 from common.action_to_latent import (KNOB_TURN_PER_FRAME, VIEW_SIZE, ActionToLatent, cross_entropy, frame_view,
@@ -80,6 +81,30 @@ def test_frames_variant_learns_a_state_dependent_mapping(one_thread):
     with pytest.raises(ValueError):
         model.logits(actions[:2])  # the frames variant refuses to guess without frames
     assert ActionToLatent(tiny_config("action")).logits(actions[:2]).shape == (2, 2, 8)
+
+
+def test_the_event_head_learns_that_fire_serves_only_without_a_ball(one_thread):
+    """The world model's prior cannot tell FIRE from NOOP (same action code); the map's event head sees
+    the key and the frame: it starts as no correction and learns 'FIRE without a ball -> serve class'."""
+    torch.manual_seed(0)
+    n, serve, nothing = 256, 5, 0
+    past = torch.zeros(n, 1, 210, 160, 3, dtype=torch.uint8)
+    ball = torch.rand(n) < 0.5
+    past[ball, -1, 120:122, 80:82, 0] = 200                     # a ball in play in half of the frames
+    actions = torch.randint(0, 4, (n,))
+    events = torch.where(~ball & (actions == 1), serve, nothing)
+    prior = torch.log_softmax(torch.zeros(n, 16), -1)          # the prior: no idea
+    model = ActionToLatent(tiny_config("frames", context_frames=1, frames_used=1, event_classes=16))
+    views = model.views_from_past(past)
+    assert torch.equal(model.event_correction(actions, past), torch.zeros(n, 16))   # untrained: the prior alone
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss = F.cross_entropy(prior + model.event_correction_from_views(actions, views), events)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.equal((prior + model.eval().event_correction(actions, past)).argmax(-1), events)
+    assert ActionToLatent(tiny_config("action", event_classes=16)).event_classes == 0   # needs the frames
 
 
 def test_previous_actions_are_noop_before_the_start_and_can_decide_the_latent(one_thread):
@@ -207,6 +232,12 @@ def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
     codes = model.encode(past, frames[[i + 1 for i in picks]])
     rows = [p for p in doc["pairs"] if (p["level"], p["episode"]) == (episode.level, episode.index)]
     assert codes.tolist() == [rows[i]["latent_code"] for i in picks]
+    assert doc["meta"]["event_classes"] == model.event_classes > 0
+    events = model.encode_event(past, frames[[i + 1 for i in picks]])
+    assert events.tolist() == [rows[i]["event"] for i in picks]
+    index = model.to_index(past)
+    prior = torch.log_softmax(model.event_prior(index, codes).float(), -1)
+    assert torch.allclose(prior, torch.tensor([rows[i]["event_prior"] for i in picks]), atol=0.006)
     stats = json.loads(paths.pair_stats_path(data).read_text())
     assert sum(row["count"] for row in stats["actions"].values()) == len(doc["pairs"])
 
@@ -229,6 +260,10 @@ def test_smoke_map_loads_and_reports(smoke_action_to_latent):
     codes = model.sample(torch.tensor([2, 3]), past, previous=torch.tensor([[0, 1, 2, 3], [3, 3, 3, 3]]),
                          knob=torch.tensor([0.0, 0.5]))
     assert codes.shape == (2, latent.code_positions) and int(codes.max()) < latent.num_codes
+    assert model.event_classes == latent.event_classes
+    events = metrics["events"]
+    assert np.isfinite([events["prior_nll"], events["corrected_nll"]]).all()
+    assert sum(row["count"] for row in events["per_action"].values()) == metrics["pairs"][split]
 
 
 def test_05_learns_a_synthetic_deterministic_mapping_and_refuses_stale_pairs(smoke_action_to_latent, tmp_path):

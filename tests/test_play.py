@@ -60,7 +60,7 @@ def test_step_returns_frames_and_temperature_zero_is_deterministic(game, start_f
 
 def test_a_seed_replays_a_game_with_its_random_events(smoke_action_to_latent, start_frames):
     """The random events are drawn with the game's own generator: the same seed and actions give the
-    same game, and the draws are those of the world model's prior."""
+    same game, and the draws are those of the world model's prior plus the map's correction for the key."""
     actions = [1, 0, 2, 2, 3, 1, 0, 0]
     games = [NeuralBreakout.load(smoke_action_to_latent, seed=seed) for seed in (3, 3)]
     runs = []
@@ -76,9 +76,47 @@ def test_a_seed_replays_a_game_with_its_random_events(smoke_action_to_latent, st
         codes = game.latents(past, torch.tensor([action]), 0.0, game.previous.clone(), torch.tensor([game.knob]))
         replay = torch.Generator()
         replay.set_state(game.generator.get_state())
-        events = model.sample_event(model.event_prior(index, codes), 1.0, replay)
+        logits = model.event_prior(index, codes).float() + game.action_model.event_correction(torch.tensor([action]), past)
+        events = model.sample_event(logits, 1.0, replay)
         expected = model.predict(past, codes, events)[0].numpy()
         np.testing.assert_array_equal(game.step(action, event_temperature=1.0), expected)
+
+
+def test_the_key_decides_the_random_event_through_the_maps_event_head(smoke_action_to_latent, start_frames):
+    """An untrained event head draws what the prior alone draws; a head that favours one class after FIRE
+    makes FIRE draw it every time and leaves the other keys to the prior."""
+    from common.action_to_latent import ActionToLatent
+
+    game = NeuralBreakout.load(smoke_action_to_latent, seed=0)
+    game.reset(start_frames)
+    past = game.frames.repeat(64, 1, 1, 1, 1)
+    index, keys = game.indices.repeat(64, 1, 1, 1), torch.tensor([0, 1, 2, 3] * 16)
+    codes = game.latents(past, keys)
+
+    def draws(action_model) -> torch.Tensor:
+        game.action_model = action_model
+        game.generator.manual_seed(5)
+        return game.events(index, codes, 1.0, keys, past)
+
+    trained = game.action_model
+    without_head = ActionToLatent({**trained.config, "event_classes": 0})
+    untrained_head = ActionToLatent(trained.config)
+    assert untrained_head.event_classes == game.latent_model.event_classes
+    assert torch.equal(draws(without_head), draws(untrained_head))
+    favour = 7
+    with torch.no_grad():
+        untrained_head.event_action.weight.zero_()
+        untrained_head.event_frames.weight.zero_()
+        untrained_head.event_frames.bias.zero_()
+        untrained_head.event_action.weight[1, 0] = 1.0             # only FIRE lights hidden unit 0 ...
+        untrained_head.event_head[1].weight.zero_()
+        untrained_head.event_head[1].bias.zero_()
+        untrained_head.event_head[1].weight[0, 0] = 1.0
+        untrained_head.event_head[-1].weight[favour, 0] = 100.0    # ... which votes for one class
+    forced = draws(untrained_head)
+    assert (forced[keys == 1] == favour).all()
+    assert torch.equal(forced[keys != 1], draws(without_head)[keys != 1])
+    game.action_model = trained
 
 
 def test_steps_are_the_world_models_predictions_fed_back(game, start_frames):
