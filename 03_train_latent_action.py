@@ -76,7 +76,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--motion-weight", type=non_negative_float, default=20.0,
                    help="extra loss weight on pixel cells near motion in the past frames (ball, paddle)")
     p.add_argument("--appear-weight", type=non_negative_float, default=0.0,
-                   help="extra loss weight on cells that change far from any past motion (a served ball); 20 serves "
+                   help="extra loss weight on cells between the bricks and the paddle that change far from any past motion (a served ball); 20 serves "
                         "more surely but draws the ball and the digits worse (part2.md)")
     p.add_argument("--keep-static", type=probability, default=0.1,
                    help="share of motionless pixel cells scored per update (reweighted; saves CPU)")

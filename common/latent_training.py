@@ -22,12 +22,15 @@ from tqdm import tqdm
 
 from common.distributed import (Ranks, StopRequest, broadcast_buffers, gather_rows, max_across_ranks,
                                 sum_across_ranks, world_size)
+from common.detectors import BRICK_H, BRICK_ROWS, BRICK_TOP, PADDLE_ROWS
 from common.errors import UserError
 from common.frame_cache import FrameCache
 from common.io import save_checkpoint
 from common.latent_action import CHECKPOINT_KIND, LatentActionModel, fold_cells, past_frame_rows
 from common.latent_action_eval import action_code_table
 from common.metrics import perplexity
+
+SERVE_ZONE = (BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start)   # original rows 93-188
 
 LOG_FIELDS = ["step", "minutes", "samples_per_s", "lr", "recon", "vq", "perplexity", "codes_used", "restarts",
               "train_code_purity", "train_code_separation", "event_rate", "prior_kl", "event_perplexity",
@@ -116,6 +119,14 @@ def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: i
     return F.max_pool2d(moved[:, None].float(), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0
 
 
+def serve_zone(model: LatentActionModel, cell_rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(cell_rows, 1) bool: the cell rows between the lowest bricks and the paddle, where a served ball
+    appears; the appear weight stays out of the digits and the bricks."""
+    top = model.pad_h // 2
+    rows = torch.arange(cell_rows, device=device) * model.patch - top          # each cell row's first original frame row
+    return ((rows >= SERVE_ZONE[0]) & (rows + model.patch <= SERVE_ZONE[1]))[:, None]
+
+
 def event_terms(model: LatentActionModel, past: torch.Tensor, quantized: torch.Tensor):
     """The random event latent in training: (decoder conditioning, rate KL(q || sg p), prior KL(sg q || p),
     posterior classes drawn).
@@ -166,7 +177,7 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     changed = (target != last).any(-1)
     certain = near | changed
     keep = certain | (torch.rand(certain.shape, device=certain.device) < keep_static)
-    extra = motion_weight * near.float() + appear_weight * (changed & ~near).float()
+    extra = motion_weight * near.float() + appear_weight * (changed & ~near & serve_zone(model, near.shape[1], near.device)).float()
     cell_weight = (torch.where(certain, 1.0, 1.0 / keep_static) * (1.0 + extra))[keep]
     target, last = target[keep], last[keep]   # only the scored cells become int64 (saves copies on CPU)
     logits = model.cell_logits(features[keep], last)
