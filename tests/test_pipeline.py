@@ -104,3 +104,17 @@ def test_the_pipeline_plans_keep_resume_and_fresh(tmp_path: Path) -> None:
     os.utime(metrics, (0, 0))
     assert plan_stage(stage_3, data, ckpt, False, False, pairs) == ("run", ["--fresh"])      # older than its data
     assert plan_stage("06 evaluate control", data, ckpt, False, False, metrics) == ("run", [])
+
+
+def test_nproc_launches_the_world_model_under_torchrun_and_nothing_else() -> None:
+    sys.path.insert(0, str(REPO))
+    from run_pipeline import launch, stage_commands
+
+    for name, argv in stage_commands("quick", "data", "ck", "runs"):
+        one, two = launch(argv, 1), launch(argv, 2)
+        assert one == [sys.executable, *argv]
+        if name.startswith("03"):
+            assert two[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc-per-node" in two
+            assert two[two.index("--nproc-per-node") + 1] == "2" and two[-len(argv):] == argv
+        else:
+            assert two == one
