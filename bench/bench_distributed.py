@@ -4,7 +4,8 @@
     python bench/bench_distributed.py --data-dir data --configs 1x1,2x1 --minutes 10
 
 A configuration PxT is P processes of T threads each. Each one trains 03_train_latent_action.py at the
-quick preset for --minutes into <out>/<config>/ and runs its held-out evaluation; the table compares
+quick preset for --minutes into <out>/<config>/ and runs its held-out evaluation (2 test episodes per
+level, rollouts of 30 steps); the table compares
 training samples/s (the global batch), updates, and the test measures (one-step PSNR overall and per
 skill level, PSNR at rollout steps 1/10/30). Run it on an otherwise idle machine: the configurations
 share its cores one after the other, never side by side.
@@ -37,7 +38,8 @@ def parse_config(text: str) -> tuple[int, int]:
 
 def command(processes: int, threads: int, data_dir: str, out: Path, minutes: float) -> list[str]:
     stage = ["03_train_latent_action.py", "--preset", "quick", "--data-dir", data_dir, "--checkpoint-dir", str(out),
-             "--log-dir", str(out / "runs"), "--time-budget", str(minutes), "--threads", str(threads), "--fresh"]
+             "--log-dir", str(out / "runs"), "--time-budget", str(minutes), "--threads", str(threads), "--fresh",
+             "--eval-episodes", "2", "--rollout-steps", "30"]   # a shorter held-out evaluation, the same for all
     if processes == 1:
         return [sys.executable, *stage]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *stage]
