@@ -75,7 +75,8 @@ def max_across_ranks(values: list[float]) -> list[float]:
     """Each value's maximum over the ranks: how every rank takes the same decision (stop, validate)."""
     if not active():
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)   # NCCL reduces GPU tensors only
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.tolist()
 
