@@ -24,6 +24,7 @@ from common import paths  # noqa: E402
 from common.cli import positive_float, run_main  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.io import atomic_write_json  # noqa: E402
+from run_pipeline import launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,9 +41,7 @@ def command(processes: int, threads: int, data_dir: str, out: Path, minutes: flo
     stage = ["03_train_latent_action.py", "--preset", "quick", "--data-dir", data_dir, "--checkpoint-dir", str(out),
              "--log-dir", str(out / "runs"), "--time-budget", str(minutes), "--threads", str(threads), "--fresh",
              "--eval-episodes", "2", "--rollout-steps", "30"]   # a shorter held-out evaluation, the same for all
-    if processes == 1:
-        return [sys.executable, *stage]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *stage]
+    return launch(stage, processes)   # under torchrun as run_pipeline.py --nproc starts it
 
 
 def row(name: str, metrics: dict) -> dict:
