@@ -76,8 +76,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--motion-weight", type=non_negative_float, default=20.0,
                    help="extra loss weight on pixel cells near motion in the past frames (ball, paddle)")
     p.add_argument("--appear-weight", type=non_negative_float, default=0.0,
-                   help="extra loss weight on cells between the bricks and the paddle that change far from any past motion (a served ball); 20 serves "
-                        "more surely but draws the ball and the digits worse (part2.md)")
+                   help="extra loss weight on cells between the bricks and the paddle that change far from any past "
+                        "motion (a served ball); 20 serves more surely but also draws balls without FIRE "
+                        "(FINDINGS.md)")
     p.add_argument("--keep-static", type=probability, default=0.1,
                    help="share of motionless pixel cells scored per update (reweighted; saves CPU)")
     p.add_argument("--ema-decay", type=probability, default=None, help="codebook EMA decay (default 0.9)")

@@ -5,7 +5,8 @@ k context frames i-k+1 .. i (frame 0 repeated before the start, as in Stage 3's 
 and frame i+1, and returns the latent code. The (action, latent code) pairs are what Stage 5
 learns from. With a random event latent, each pair also carries the event class the posterior reads
 off frame i+1 (`event`) and the world model's prior over it (`event_prior`, log-probabilities), which
-sees the frames and the action code but not the key: Stage 5 learns what the key adds (FIRE serves). Writes data/actions/action_latent_pairs.json (one record per line) and, beside it,
+sees the frames and the action code but not the key: Stage 5 learns what the key adds (FIRE serves).
+Writes data/actions/action_latent_pairs.json (one record per line) and, beside it,
 action_latent_stats.json: action frequencies and the latent-code distribution per action.
 """
 from __future__ import annotations

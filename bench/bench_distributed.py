@@ -49,7 +49,7 @@ def row(name: str, metrics: dict) -> dict:
     return {"config": name, "world_size": training.get("world_size", 1), "threads": training["threads"],
             "updates": training["steps"], "minutes": training["minutes"], "samples_per_s": training["samples_per_s"],
             "one_step_psnr": metrics["one_step"]["psnr"],
-            "by_level": {level: {"one_step_psnr": r["one_step_psnr"], "psnr_at_steps_1_10_30": r["psnr_at_steps_1_10_30"]}
+            "by_level": {level: {key: r[key] for key in ("one_step_psnr", "psnr_at_steps_1_10_30")}
                          for level, r in metrics["by_level"].items()}}
 
 

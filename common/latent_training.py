@@ -123,7 +123,7 @@ def serve_zone(model: LatentActionModel, cell_rows: int, device: torch.device | 
     """(cell_rows, 1) bool: the cell rows between the lowest bricks and the paddle, where a served ball
     appears; the appear weight stays out of the digits and the bricks."""
     top = model.pad_h // 2
-    rows = torch.arange(cell_rows, device=device) * model.patch - top          # each cell row's first original frame row
+    rows = torch.arange(cell_rows, device=device) * model.patch - top   # each cell row's first original row
     return ((rows >= SERVE_ZONE[0]) & (rows + model.patch <= SERVE_ZONE[1]))[:, None]
 
 
@@ -177,7 +177,8 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     changed = (target != last).any(-1)
     certain = near | changed
     keep = certain | (torch.rand(certain.shape, device=certain.device) < keep_static)
-    extra = motion_weight * near.float() + appear_weight * (changed & ~near & serve_zone(model, near.shape[1], near.device)).float()
+    appeared = changed & ~near & serve_zone(model, near.shape[1], near.device)
+    extra = motion_weight * near.float() + appear_weight * appeared.float()
     cell_weight = (torch.where(certain, 1.0, 1.0 / keep_static) * (1.0 + extra))[keep]
     target, last = target[keep], last[keep]   # only the scored cells become int64 (saves copies on CPU)
     logits = model.cell_logits(features[keep], last)
@@ -402,8 +403,8 @@ def train(model: LatentActionModel, optimizer: torch.optim.Optimizer, sampler: T
                     row, table = monitor.row(state.step, elapsed / 60, lr, restarts_total)
                     monitor.write(row, val_row if validate_now else {}, table, bar)
                     last_log = elapsed
-                    if state.step >= loop.collapse_check_after and model.code_positions == 1 and row["perplexity"] < 1.3:
-                        collapsed = True
+                    collapsed = (state.step >= loop.collapse_check_after and model.code_positions == 1
+                                 and row["perplexity"] < 1.3)
     except KeyboardInterrupt:   # a second Ctrl-C
         return "interrupted"
     finally:

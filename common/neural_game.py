@@ -3,7 +3,8 @@
 One step: the action->latent model (Stages 4-5) turns the player's action, and the recent frames
 when it uses them, into a latent action; the world model's prior (Stage 3), corrected by the map's
 event head for the key pressed (FIRE serves, NOOP does not), draws the step's random event (where a
-served ball appears, which way an uncertain bounce goes) with the game's own seeded generator; the dynamics decoder turns the past frames plus both latents into the next frame. The
+served ball appears, which way an uncertain bounce goes) with the game's own seeded generator; the
+dynamics decoder turns the past frames plus both latents into the next frame. The
 decoder picks one palette colour per pixel, so a generated frame is a valid Breakout image when it is
 appended to the context: the game runs on its own output without blur piling up. The same seed and
 the same actions replay the same game.
@@ -164,7 +165,8 @@ class NeuralBreakout:
         return self._decode(index, codes, events, event_temperature)[0]
 
     def events(self, past_index: torch.Tensor, codes: torch.Tensor, event_temperature: float = 1.0,
-               actions: torch.Tensor | None = None, past: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
+               actions: torch.Tensor | None = None,
+               past: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
         """The random event classes (B,) drawn from the world model's prior after past (class indices) and
         the action codes, plus the map's correction for the keys `actions` after `past` (RGB) when the map
         has an event head, at `event_temperature` with the game's generator; None for a model without them."""

@@ -76,7 +76,8 @@ def test_a_seed_replays_a_game_with_its_random_events(smoke_action_to_latent, st
         codes = game.latents(past, torch.tensor([action]), 0.0, game.previous.clone(), torch.tensor([game.knob]))
         replay = torch.Generator()
         replay.set_state(game.generator.get_state())
-        logits = model.event_prior(index, codes).float() + game.action_model.event_correction(torch.tensor([action]), past)
+        correction = game.action_model.event_correction(torch.tensor([action]), past)
+        logits = model.event_prior(index, codes).float() + correction
         events = model.sample_event(logits, 1.0, replay)
         expected = model.predict(past, codes, events)[0].numpy()
         np.testing.assert_array_equal(game.step(action, event_temperature=1.0), expected)
