@@ -79,6 +79,9 @@ def parse_args() -> argparse.Namespace:
                    help="extra loss weight on cells between the bricks and the paddle that change far from any past "
                         "motion (a served ball); 20 serves more surely but also draws balls without FIRE "
                         "(FINDINGS.md)")
+    p.add_argument("--serve-weight", type=non_negative_float, default=0.0,
+                   help="extra loss weight on the cells between the bricks and the paddle while the past frames "
+                        "show no motion there (waiting for a serve); read from the inputs only")
     p.add_argument("--keep-static", type=probability, default=0.1,
                    help="share of motionless pixel cells scored per update (reweighted; saves CPU)")
     p.add_argument("--ema-decay", type=probability, default=None, help="codebook EMA decay (default 0.9)")
@@ -237,7 +240,7 @@ def run(args: argparse.Namespace, device: torch.device, ranks: Ranks) -> None:
               + (f" in each of {ranks.world_size} processes" if ranks.distributed else ""))
     flags = dict(vars(args))
     loss = LossSettings(args.motion_weight, args.keep_static, args.event_kl_weight, args.event_free_nats,
-                        args.appear_weight)
+                        args.appear_weight, args.serve_weight)
     loop = LoopSettings(args.batch_size, args.lr, args.time_budget, args.max_steps, args.eval_every, args.vq_warmup,
                         args.restart_every, args.dead_code_threshold, args.collapse_check_after)
 

@@ -46,6 +46,7 @@ class LossSettings:
     event_kl_weight: float = 1.0
     event_free_nats: float = 0.1
     appear_weight: float = 0.0
+    serve_weight: float = 0.0
 
 
 @dataclass
@@ -107,6 +108,11 @@ class TransitionSampler:
         return self.batch(rows[self.ranks.rank * share:(self.ranks.rank + 1) * share], extra)
 
 
+def moved_cells(past_cells: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) bool: cells where a pixel changed between the past frames, from fold_cells' (B, h, w, k, p*p)."""
+    return (past_cells[..., :-1, :] != past_cells[..., -1:, :]).flatten(-2).any(-1)
+
+
 def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: int = 8) -> torch.Tensor:
     """(B, h, w) bool: cells within `reach_px` of a pixel that changed between the past frames,
     from the past frames' cells (B, h, w, k, patch*patch) of fold_cells.
@@ -114,9 +120,21 @@ def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: i
     The ball and the paddle are found there, and that is where the next frame is hard to predict.
     The mask depends on the inputs only, never on the target frame.
     """
-    moved = (past_cells[..., :-1, :] != past_cells[..., -1:, :]).flatten(-2).any(-1)
     reach = -(-reach_px // model.patch)
+    moved = moved_cells(past_cells)
     return F.max_pool2d(moved[:, None].float(), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0
+
+
+def waiting_cells(model: LatentActionModel, past_cells: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) bool: the serve rows' cells (serve_zone) of the transitions whose past frames show no
+    motion there: no ball in play below the bricks, so the next frame may serve one.
+
+    Like motion_cells it reads the inputs only, so a weight on these cells makes the decoder learn the
+    serve sooner without drawing a ball more often than the data shows one (a weight on the cells where
+    the ball did appear would: it rewards drawing a ball wherever one might come)."""
+    zone = serve_zone(model, past_cells.shape[1], past_cells.device)               # (h, 1)
+    waiting = ~(moved_cells(past_cells) & zone).flatten(1).any(1)                  # (B,)
+    return zone[None].expand(len(past_cells), -1, past_cells.shape[2]) & waiting[:, None, None]
 
 
 def serve_zone(model: LatentActionModel, cell_rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -148,7 +166,7 @@ def event_terms(model: LatentActionModel, past: torch.Tensor, quantized: torch.T
 
 def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, motion_weight: float,
                keep_static: float = 1.0, event_kl_weight: float = 1.0, free_nats: float = 0.1,
-               appear_weight: float = 0.0, across_ranks: bool = False):
+               appear_weight: float = 0.0, across_ranks: bool = False, serve_weight: float = 0.0):
     """Per-pixel colour cross-entropy, + the VQ loss, + the event latent's losses.
 
     Cells near motion in the past frames (motion_cells) weigh 1 + motion_weight: that is where the
@@ -176,9 +194,13 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     near = motion_cells(model, past_cells)
     changed = (target != last).any(-1)
     certain = near | changed
-    keep = certain | (torch.rand(certain.shape, device=certain.device) < keep_static)
     appeared = changed & ~near & serve_zone(model, near.shape[1], near.device)
     extra = motion_weight * near.float() + appear_weight * appeared.float()
+    if serve_weight:
+        waiting = waiting_cells(model, past_cells)
+        certain = certain | waiting
+        extra = extra + serve_weight * waiting.float()
+    keep = certain | (torch.rand(certain.shape, device=certain.device) < keep_static)
     cell_weight = (torch.where(certain, 1.0, 1.0 / keep_static) * (1.0 + extra))[keep]
     target, last = target[keep], last[keep]   # only the scored cells become int64 (saves copies on CPU)
     logits = model.cell_logits(features[keep], last)
@@ -211,7 +233,8 @@ def validate(model: LatentActionModel, sampler: TransitionSampler, batches: list
         past, nxt = past.to(device), nxt.to(device)
         recon, _, codes, (logits, target, last, _), stats = loss_terms(model, past, nxt, loss.motion_weight, 1.0,
                                                                         loss.event_kl_weight, loss.event_free_nats,
-                                                                        loss.appear_weight)
+                                                                        loss.appear_weight, False,
+                                                                        loss.serve_weight)
         changed = target != last
         correct = (logits.argmax(-1) == target) & changed
         totals["recon"] += recon.item()
@@ -324,7 +347,8 @@ class LossModule(nn.Module):
     def forward(self, past: torch.Tensor, nxt: torch.Tensor):
         loss = self.loss
         return loss_terms(self.model, past, nxt, loss.motion_weight, loss.keep_static, loss.event_kl_weight,
-                          loss.event_free_nats, loss.appear_weight, self.across_ranks)
+                          loss.event_free_nats, loss.appear_weight, self.across_ranks,
+                          loss.serve_weight)
 
 
 def train(model: LatentActionModel, optimizer: torch.optim.Optimizer, sampler: TransitionSampler,

@@ -328,3 +328,29 @@ def test_loss_weights_come_from_the_past_frames_only():
         weights.append(loss_terms(model, past, nxt, motion_weight=20.0, keep_static=1.0)[3][3])
     assert torch.equal(weights[0], weights[1])
     assert set(weights[0].unique().tolist()) == {0.0, 1.0, 21.0}   # padding, elsewhere, near the motion
+
+
+def test_the_serve_weight_marks_the_serve_rows_while_no_ball_moves_there_whatever_comes_next():
+    """--serve-weight weighs the cells between the bricks and the paddle while the past frames show no
+    motion there, the same whether or not the next frame serves a ball; a ball in play lifts it."""
+    from common.latent_training import SERVE_ZONE, loss_terms, waiting_cells
+
+    model = LatentActionModel(TINY)
+    top = model.pad_h // 2
+    waiting_past = torch.zeros(1, model.context_frames, 210, 160, dtype=torch.uint8)
+    cells = waiting_cells(model, fold_cells(model.pad(waiting_past), model.patch))[0]
+    rows = cells.any(1).nonzero()[:, 0] * model.patch - top   # each marked cell row's first original row
+    assert cells.any(1).sum() >= 5 and bool(cells[cells.any(1)].all())   # whole rows, several of them
+    assert int(rows.min()) >= SERVE_ZONE[0] and int(rows.max()) + model.patch <= SERVE_ZONE[1]
+    weights = []
+    for serve in (False, True):   # the next frame: still no ball, or a ball served at x 80
+        nxt = torch.zeros(1, 210, 160, dtype=torch.uint8)
+        if serve:
+            nxt[0, 136:140, 80:82] = 2
+        weights.append(loss_terms(model, waiting_past, nxt, motion_weight=20.0, keep_static=1.0,
+                                  serve_weight=10.0)[3][3])
+    assert torch.equal(weights[0], weights[1]) and 11.0 in weights[0].unique().tolist()
+
+    in_play = waiting_past.clone()
+    in_play[0, -1, 140:144, 60:62] = 2        # a ball moving through the serve rows
+    assert not waiting_cells(model, fold_cells(model.pad(in_play), model.patch)).any()
