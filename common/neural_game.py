@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.action_to_latent import KNOB_START, knob_positions
-from common.ball_sampler import commit_ball
+from common.ball_sampler import balls_in_flight, commit_ball
 from common.dataset import ACTION_NAMES, FRAME_SHAPE
 from common.detectors import RED
 
@@ -77,6 +77,7 @@ class NeuralBreakout:
         self.ball_class = colours.index(RED) if RED in colours else None           # None: no ball to commit
         self.background_class = colours.index((0, 0, 0)) if (0, 0, 0) in colours else 0
         self.generator = torch.Generator().manual_seed(seed)
+        self.keep_ball_in_flight = True   # a ball between the bricks and the paddle stays in play (ball_sampler.py)
         self.frames: torch.Tensor | None = None   # (1, k, 210, 160, 3) uint8 RGB, oldest first
         self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
         self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)  # earlier actions, oldest first
@@ -226,9 +227,10 @@ class NeuralBreakout:
             index, logits = model.predict_with_logits(past_index.to(device), codes.to(device),
                                                       None if events is None else events.to(device))
             if commit:
+                in_flight = balls_in_flight(past_index[:, -1].cpu(), self.ball_class) if self.keep_ball_in_flight else None
                 index = commit_ball(index.cpu(), lambda b: model.colour_probability(logits[b:b + 1],
                                                                                     self.ball_class)[0].cpu(),
                                     self.ball_class, self.background_class, event_temperature,
-                                    self.generator).to(device)
+                                    self.generator, in_flight).to(device)
             rgb = self.palette.index_select(0, index.reshape(-1).long()).view(*index.shape, 3)
         return rgb.cpu(), index.cpu()

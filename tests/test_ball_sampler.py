@@ -65,3 +65,45 @@ def test_specks_of_a_fading_ball_are_replaced_by_one_whole_ball():
     prob[0, 59:63, 30:32] = 0.7
     out = rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, 0.0)[0])
     assert ball_count(out) == 1 and ball_xy(out) == (30.5, 60.5)
+
+
+def test_a_ball_in_flight_stays_in_play_where_the_model_puts_it_within_reach():
+    from common.ball_sampler import FLIGHT_ROWS, STEP_REACH, balls_in_flight
+
+    last = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    last[0, 120:124, 60:62] = BALL                   # the previous frame: a ball mid-screen
+    assert balls_in_flight(last, BALL) == [(120, 60)]
+    classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    prob = torch.zeros(1, 210, 160)
+    prob[0, 114:118, 64:66] = 0.01                   # a hundredth of a ball, 6 px up and 4 px right
+    prob[0, 114:118, 140:142] = 0.5                  # more mass out of one step's reach
+    for temperature in (1.0, 0.0):
+        generator = torch.Generator().manual_seed(0)
+        kept = [rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, temperature, generator, [(120, 60)])[0])
+                for _ in range(20)]
+        assert all(ball_count(f) == 1 and ball_xy(f) == (64.5, 115.5) for f in kept)
+    nothing = torch.zeros(1, 210, 160)               # the model sees no ball at all: none is invented
+    assert torch.equal(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(120, 60)]), classes)
+
+    low = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    low[0, FLIGHT_ROWS[1]:FLIGHT_ROWS[1] + 4, 60:62] = BALL   # near the paddle: it may leave the screen
+    high = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    high[0, 70:74, 60:62] = BALL                                # among the bricks
+    assert balls_in_flight(torch.cat([low, high]), BALL) == [None, None]
+    assert FLIGHT_ROWS[1] + STEP_REACH == 189                   # the paddle's first row
+    generator = torch.Generator().manual_seed(1)
+    faint = [ball_count(rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, 1.0, generator, [None])[0]))
+             for _ in range(300)]
+    assert 0.35 < np.mean(faint) < 0.65             # without a ball in flight: the expected count's chance (0.5)
+
+
+def test_one_ball_is_left_the_one_nearest_the_ball_in_flight_and_specks_go():
+    classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    classes[0, 116:120, 62:64] = BALL                 # the ball, one step from the last one
+    classes[0, 150:154, 20:22] = BALL                 # a second whole ball: Breakout has one
+    classes[0, 100, 100:102] = BALL                   # a speck
+    nothing = torch.zeros(1, 210, 160)
+    out = rgb(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(120, 60)])[0])
+    assert ball_count(out) == 1 and ball_xy(out) == (62.5, 117.5)
+    out = rgb(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(148, 22)])[0])
+    assert ball_count(out) == 1 and ball_xy(out) == (20.5, 151.5)

@@ -1,0 +1,52 @@
+"""Compare the ball committers on the game measures: the committed ball alone, and with the ball in flight
+kept in play (common/ball_sampler.py), on one world model, the same emulator starts and the same seeds.
+
+    .venv/bin/python bench/compare_ball_commit.py --checkpoint-dir checkpoints --starts 100
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.cli import positive_int, run_main  # noqa: E402
+from common.game_eval import evaluate_game, game_headline, make_starts  # noqa: E402
+from common.neural_game import NeuralBreakout  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint-dir", default="checkpoints", help="where stages 3 and 5 saved their models")
+    p.add_argument("--starts", type=positive_int, default=100, help="emulator states of each kind")
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--out", default=None, help="also write both measure sets to this JSON file")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    game = NeuralBreakout.load(args.checkpoint_dir, seed=0)
+    starts = make_starts(game.context_frames, args.starts, seed=0)
+    results = {}
+    for label, keep in (("committed ball", False), ("+ ball in flight kept", True)):
+        game.keep_ball_in_flight = keep
+        game.generator.manual_seed(0)
+        measures = evaluate_game(game, starts)
+        teacher = measures["ball_in_play"]["teacher_forced"]
+        results[label] = {**game_headline(measures),
+                          "ball_kept_teacher_forced": teacher and teacher["ball_kept_when_emulator_ball"],
+                          "long_play": measures["long_play"]["total"]}
+    keys = [k for k in results["committed ball"] if k != "long_play"]
+    print(f"| measure | {' | '.join(results)} |\n|---|---|---|")
+    for key in keys:
+        values = [results[label][key] for label in results]
+        print(f"| {key} | " + " | ".join("n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+                                        for v in values) + " |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    run_main(main)
