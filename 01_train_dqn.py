@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--replay-size", type=positive_int, default=None, help="transitions (frames stored once)")
     g.add_argument("--batch-size", type=positive_int, default=None)
     g.add_argument("--lr", type=positive_float, default=None)
+    g.add_argument("--lr-end", type=positive_float, default=None,
+                   help="anneal the learning rate linearly from --lr to this over the run (its time budget, "
+                        "or its total steps if those end first); default: constant")
     g.add_argument("--optimizer", choices=["adam", "rmsprop-dm"], default=None)
     g.add_argument("--adam-eps", type=positive_float, default=1.5e-4)
     g.add_argument("--gamma", type=probability, default=0.99)

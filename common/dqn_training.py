@@ -151,8 +151,21 @@ class Trainer:
         random_actions = self.rng.integers(0, num_actions, n)
         return np.where(self.rng.random(n) < explore, random_actions, greedy)
 
+    def learning_rate(self) -> float:
+        """--lr, or with --lr-end the linear anneal over the share of the run done (time or steps)."""
+        a = self.args
+        if a.lr_end is None:
+            return a.lr
+        done = self.step / a.total_steps
+        if a.time_budget:
+            done = max(done, self.wall() / (a.time_budget * 60))
+        return a.lr + min(done, 1.0) * (a.lr_end - a.lr)
+
     def learn(self) -> None:
         a = self.args
+        if a.lr_end is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate()
         beta = a.per_beta + (1.0 - a.per_beta) * min(1.0, self.step / a.total_steps)
         batch = self.replay.sample(a.batch_size, self.rng, beta)
         obs = to_model_input(batch["obs"], self.device, a.channels_last, scale=True)
