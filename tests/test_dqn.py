@@ -128,6 +128,30 @@ def test_non_finite_loss_saves_and_stops_with_a_clear_message(tmp_path):
     assert all(torch.equal(saved["state_dict"][k], before[k]) for k in before)  # saved before the bad step
 
 
+def test_lr_end_anneals_the_learning_rate_over_the_time_budget_or_the_steps(tmp_path):
+    script = load_script()
+    trainer = Trainer(script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path),
+                                         "--lr", "1e-3", "--lr-end", "1e-4", "--time-budget", "10",
+                                         "--total-steps", "1000"]))
+    trainer.wall = lambda: 0.0                                       # the run's clock, set by hand
+    assert trainer.learning_rate() == pytest.approx(1e-3)
+    trainer.step = 250                                               # a quarter of the steps
+    assert trainer.learning_rate() == pytest.approx(1e-3 - 0.25 * 9e-4)
+    trainer.wall = lambda: 300.0                                     # half the 10 minutes: time leads
+    assert trainer.learning_rate() == pytest.approx(1e-3 - 0.5 * 9e-4)
+    trainer.wall = lambda: 3600.0                                    # past the budget: held at the end
+    assert trainer.learning_rate() == pytest.approx(1e-4)
+    obs = np.zeros((trainer.args.num_envs, 8, 84, 84), dtype=np.uint8)
+    trainer.replay.start(obs)
+    for _ in range(20):
+        trainer.replay.add(np.zeros(2, int), np.zeros(2, np.float32), np.zeros(2, bool), obs, np.zeros(2, bool))
+    trainer.learn()                                                  # the optimizer steps with it
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    constant = Trainer(script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path / "c")]))
+    constant.step = 300
+    assert constant.learning_rate() == constant.args.lr
+
+
 def test_a_run_below_every_threshold_keeps_its_best_network_as_level_1(tmp_path):
     """Stage 2 always gets a played level: best.pt becomes skill_level_1.pt, labelled as not reaching 1."""
     script = load_script()
