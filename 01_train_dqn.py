@@ -36,8 +36,9 @@ PRESETS = {
                   skill_thresholds=[1.0, 2.0]),
     # sized for a CPU without a GPU: the most learning per wall-clock minute (part1.md, FINDINGS.md)
     "quick": dict(total_steps=2_000_000, time_budget=48.0, num_envs=8, replay_size=100_000, batch_size=32,
-                  lr=2.5e-4, n_step=3, target_update=500, learning_starts=5_000, updates_per_step=0.25,
-                  eps_end=0.02, eps_decay_steps=50_000, stack=8, conv_widths=[16, 32, 32], fc_width=256,
+                  lr=2.5e-4, lr_end=2.5e-5, n_step=3, target_update=500, learning_starts=5_000,
+                  updates_per_step=0.25, eps_end=0.02, eps_decay_steps=50_000, stack=8, conv_widths=[16, 32, 32],
+                  fc_width=256,
                   dueling=True, double=True, per=True, eval_every=20_000, eval_episodes=8,
                   eval_max_frames=40_000, save_every_min=5.0, threads=1, log_every=5_000, channels_last=True,
                   skill_thresholds=QUICK_THRESHOLDS),
@@ -100,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--lr", type=positive_float, default=None)
     g.add_argument("--lr-end", type=positive_float, default=None,
                    help="anneal the learning rate linearly from --lr to this over the run (its time budget, "
-                        "or its total steps if those end first); default: constant")
+                        "or its total steps if those end first); quick 2.5e-5, otherwise constant")
     g.add_argument("--optimizer", choices=["adam", "rmsprop-dm"], default=None)
     g.add_argument("--adam-eps", type=positive_float, default=1.5e-4)
     g.add_argument("--gamma", type=probability, default=0.99)
