@@ -81,7 +81,8 @@ def parse_args() -> argparse.Namespace:
                         "(FINDINGS.md)")
     p.add_argument("--serve-weight", type=non_negative_float, default=0.0,
                    help="extra loss weight on the cells between the bricks and the paddle while the past frames "
-                        "show no motion there (waiting for a serve); read from the inputs only")
+                        "show no motion there (waiting for a serve); read from the inputs only. 20 serves more "
+                        "after a lost life but brings bricks back (FINDINGS.md)")
     p.add_argument("--keep-static", type=probability, default=0.1,
                    help="share of motionless pixel cells scored per update (reweighted; saves CPU)")
     p.add_argument("--ema-decay", type=probability, default=None, help="codebook EMA decay (default 0.9)")
