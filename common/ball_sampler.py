@@ -38,7 +38,8 @@ BALL_AREA = BALL_H * BALL_W
 WHOLE_BALL_PX = 6               # a red blob of ball size with at least this many pixels is a ball
 MASS_FLOOR = 0.02               # ball-colour probabilities below this are noise, not a possible ball
 STEP_REACH = 16                 # pixels a ball can move in one agent step (4 frames), with margin
-FLIGHT_ROWS = (BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start - STEP_REACH)  # a ball here is still in play next step
+# a ball whose top row is in these rows is still in play a step later
+FLIGHT_ROWS = (BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start - STEP_REACH)
 
 
 def _ball_blobs(red: np.ndarray) -> list[tuple[np.ndarray, int]]:
@@ -48,12 +49,18 @@ def _ball_blobs(red: np.ndarray) -> list[tuple[np.ndarray, int]]:
             if stats[label][2] <= BALL_MAX_W and stats[label][3] <= BALL_MAX_H]
 
 
+def _top_left(mask: np.ndarray) -> tuple[int, int]:
+    """(row, column) of a blob's top-left pixel."""
+    ys, xs = np.nonzero(mask)
+    return int(ys.min()), int(xs.min())
+
+
 def _distance(mask: np.ndarray, place: tuple[int, int] | None) -> float:
     """Pixels from a blob's top-left to `place`, both in play-area coordinates; 0 without a place."""
     if place is None:
         return 0.0
-    ys, xs = np.nonzero(mask)
-    return float(np.hypot(ys.min() - place[0], xs.min() - place[1]))
+    y, x = _top_left(mask)
+    return float(np.hypot(y - place[0], x - place[1]))
 
 
 def balls_in_flight(classes: torch.Tensor, ball_class: int) -> list[tuple[int, int] | None]:
@@ -66,9 +73,8 @@ def balls_in_flight(classes: torch.Tensor, ball_class: int) -> list[tuple[int, i
         if len(whole) != 1:
             found.append(None)
             continue
-        ys, xs = np.nonzero(whole[0])
-        y, x = int(ys.min()) + PLAY_TOP, int(xs.min()) + PLAY_LEFT
-        found.append((y, x) if FLIGHT_ROWS[0] <= y < FLIGHT_ROWS[1] else None)
+        y, x = _top_left(whole[0])
+        found.append((y + PLAY_TOP, x + PLAY_LEFT) if FLIGHT_ROWS[0] <= y + PLAY_TOP < FLIGHT_ROWS[1] else None)
     return found
 
 

@@ -113,28 +113,27 @@ def moved_cells(past_cells: torch.Tensor) -> torch.Tensor:
     return (past_cells[..., :-1, :] != past_cells[..., -1:, :]).flatten(-2).any(-1)
 
 
-def motion_cells(model: LatentActionModel, past_cells: torch.Tensor, reach_px: int = 8) -> torch.Tensor:
-    """(B, h, w) bool: cells within `reach_px` of a pixel that changed between the past frames,
-    from the past frames' cells (B, h, w, k, patch*patch) of fold_cells.
+def motion_cells(model: LatentActionModel, moved: torch.Tensor, reach_px: int = 8) -> torch.Tensor:
+    """(B, h, w) bool: cells within `reach_px` of a pixel that changed between the past frames, from
+    moved_cells' (B, h, w).
 
     The ball and the paddle are found there, and that is where the next frame is hard to predict.
     The mask depends on the inputs only, never on the target frame.
     """
     reach = -(-reach_px // model.patch)
-    moved = moved_cells(past_cells)
     return F.max_pool2d(moved[:, None].float(), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0
 
 
-def waiting_cells(model: LatentActionModel, past_cells: torch.Tensor) -> torch.Tensor:
+def waiting_cells(model: LatentActionModel, moved: torch.Tensor) -> torch.Tensor:
     """(B, h, w) bool: the serve rows' cells (serve_zone) of the transitions whose past frames show no
-    motion there: no ball in play below the bricks, so the next frame may serve one.
+    motion there (moved_cells' (B, h, w)): no ball in play below the bricks, so the next frame may serve one.
 
     Like motion_cells it reads the inputs only, so a weight on these cells makes the decoder learn the
     serve sooner without drawing a ball more often than the data shows one (a weight on the cells where
     the ball did appear would: it rewards drawing a ball wherever one might come)."""
-    zone = serve_zone(model, past_cells.shape[1], past_cells.device)               # (h, 1)
-    waiting = ~(moved_cells(past_cells) & zone).flatten(1).any(1)                  # (B,)
-    return zone[None].expand(len(past_cells), -1, past_cells.shape[2]) & waiting[:, None, None]
+    zone = serve_zone(model, moved.shape[1], moved.device)                        # (h, 1)
+    waiting = ~(moved & zone).flatten(1).any(1)                                   # (B,)
+    return zone[None].expand(len(moved), -1, moved.shape[2]) & waiting[:, None, None]
 
 
 def serve_zone(model: LatentActionModel, cell_rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -191,13 +190,14 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     features = model.decode_cell_features(past_cells, conditioning)
     target = model.fold_pixels(model.pad(nxt[:, None])[:, 0])        # uint8; the padding is class P
     last = past_cells[..., -1, :]
-    near = motion_cells(model, past_cells)
+    moved = moved_cells(past_cells)
+    near = motion_cells(model, moved)
     changed = (target != last).any(-1)
     certain = near | changed
     appeared = changed & ~near & serve_zone(model, near.shape[1], near.device)
     extra = motion_weight * near.float() + appear_weight * appeared.float()
     if serve_weight:
-        waiting = waiting_cells(model, past_cells)
+        waiting = waiting_cells(model, moved)
         certain = certain | waiting
         extra = extra + serve_weight * waiting.float()
     keep = certain | (torch.rand(certain.shape, device=certain.device) < keep_static)

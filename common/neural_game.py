@@ -227,7 +227,8 @@ class NeuralBreakout:
             index, logits = model.predict_with_logits(past_index.to(device), codes.to(device),
                                                       None if events is None else events.to(device))
             if commit:
-                in_flight = balls_in_flight(past_index[:, -1].cpu(), self.ball_class) if self.keep_ball_in_flight else None
+                in_flight = (balls_in_flight(past_index[:, -1].cpu(), self.ball_class) if self.keep_ball_in_flight
+                             else None)
                 index = commit_ball(index.cpu(), lambda b: model.colour_probability(logits[b:b + 1],
                                                                                     self.ball_class)[0].cpu(),
                                     self.ball_class, self.background_class, event_temperature,

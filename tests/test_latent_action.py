@@ -311,12 +311,12 @@ def test_missing_or_foreign_checkpoint_names_stage_3(tmp_path):
 def test_loss_weights_come_from_the_past_frames_only():
     """The extra weight sits near motion in the past frames, whatever the target frame is: a weight
     that follows the target's changes would reward drawing a change wherever one is possible."""
-    from common.latent_training import loss_terms, motion_cells
+    from common.latent_training import loss_terms, motion_cells, moved_cells
 
     model = LatentActionModel(TINY)
     past = torch.zeros(1, model.context_frames, 210, 160, dtype=torch.uint8)
     past[0, -1, 100:104, 50:52] = 2          # a ball appears in the newest past frame
-    near = motion_cells(model, fold_cells(model.pad(past), model.patch))
+    near = motion_cells(model, moved_cells(fold_cells(model.pad(past), model.patch)))
     top = model.pad_h // 2
     cell = ((100 + top) // model.patch, 50 // model.patch)
     assert near[0, cell[0], cell[1]] and near[0, cell[0] + 1, cell[1] + 1]   # its cell and the next ones
@@ -333,12 +333,12 @@ def test_loss_weights_come_from_the_past_frames_only():
 def test_the_serve_weight_marks_the_serve_rows_while_no_ball_moves_there_whatever_comes_next():
     """--serve-weight weighs the cells between the bricks and the paddle while the past frames show no
     motion there, the same whether or not the next frame serves a ball; a ball in play lifts it."""
-    from common.latent_training import SERVE_ZONE, loss_terms, waiting_cells
+    from common.latent_training import SERVE_ZONE, loss_terms, moved_cells, waiting_cells
 
     model = LatentActionModel(TINY)
     top = model.pad_h // 2
     waiting_past = torch.zeros(1, model.context_frames, 210, 160, dtype=torch.uint8)
-    cells = waiting_cells(model, fold_cells(model.pad(waiting_past), model.patch))[0]
+    cells = waiting_cells(model, moved_cells(fold_cells(model.pad(waiting_past), model.patch)))[0]
     rows = cells.any(1).nonzero()[:, 0] * model.patch - top   # each marked cell row's first original row
     assert cells.any(1).sum() >= 5 and bool(cells[cells.any(1)].all())   # whole rows, several of them
     assert int(rows.min()) >= SERVE_ZONE[0] and int(rows.max()) + model.patch <= SERVE_ZONE[1]
@@ -353,4 +353,4 @@ def test_the_serve_weight_marks_the_serve_rows_while_no_ball_moves_there_whateve
 
     in_play = waiting_past.clone()
     in_play[0, -1, 140:144, 60:62] = 2        # a ball moving through the serve rows
-    assert not waiting_cells(model, fold_cells(model.pad(in_play), model.patch)).any()
+    assert not waiting_cells(model, moved_cells(fold_cells(model.pad(in_play), model.patch))).any()
