@@ -6,6 +6,9 @@ and frame i+1, and returns the latent code. The (action, latent code) pairs are 
 learns from. With a random event latent, each pair also carries the event class the posterior reads
 off frame i+1 (`event`) and the world model's prior over it (`event_prior`, log-probabilities), which
 sees the frames and the action code but not the key: Stage 5 learns what the key adds (FIRE serves).
+It also finds the event classes that serve: those whose transitions, from a frame with no ball in play,
+show one in the next frame at least half of the time (`serve_events`, which the game uses to draw a
+served ball for sure, common/ball_sampler.py).
 Writes data/actions/action_latent_pairs.json (one record per line) and, beside it,
 action_latent_stats.json: action frequencies and the latent-code distribution per action.
 """
@@ -21,8 +24,10 @@ import torch
 from tqdm import tqdm
 
 from common.action_to_latent import file_fingerprint, past_frame_indices
+from common.ball_sampler import ball_in_play
 from common.cli import pick_device, positive_int, run_main, set_threads
 from common.dataset import ACTION_NAMES, level_files, read_level, require_dataset
+from common.detectors import RED
 from common.frame_cache import load_frame_cache
 from common.io import atomic_write_bytes, atomic_write_json
 from common.latent_action import load_latent_action_model
@@ -79,6 +84,18 @@ def encode_episode(model, frames: np.ndarray, lookup: torch.Tensor, batch_size: 
     if not events:
         return codes, None, None
     return codes, np.concatenate(events), np.concatenate(priors)
+
+
+SERVE_SHARE = 0.5   # an event class serves when at least this share of its transitions without a ball show one
+SERVE_MIN_COUNT = 5   # ... over at least this many such transitions
+
+
+def serve_statistics(served: np.ndarray, waiting: np.ndarray) -> tuple[list[int], dict]:
+    """served[c], waiting[c]: transitions of event class c from a frame with no ball in play that show a
+    ball next, and all such transitions -> (the serve classes, each class's share)."""
+    share = {str(c): round(float(served[c] / waiting[c]), 4) for c in range(len(waiting)) if waiting[c]}
+    serves = [c for c in range(len(waiting)) if waiting[c] >= SERVE_MIN_COUNT and served[c] >= SERVE_SHARE * waiting[c]]
+    return serves, {"serve_share_without_ball": share, "transitions_without_ball": waiting.astype(int).tolist()}
 
 
 def action_names(data_dir: str | Path) -> list[str]:
@@ -165,12 +182,18 @@ def main() -> None:
     names = action_names(args.data_dir)
 
     records = []
+    red = [tuple(c) for c in cache.palette].index(RED) if RED in [tuple(c) for c in cache.palette] else None
+    served, waiting = np.zeros(model.event_classes), np.zeros(model.event_classes)
     total = sum(e.num_frames - 1 for e in episodes)
     with tqdm(total=total, desc="encoding transitions", unit="tr") as progress:
         for episode in episodes:
             frames = cache.episode_frames(cached[(episode.level, episode.index)])
             codes, events, priors = encode_episode(model, frames, lookup, args.batch_size, device, progress)
             folder = f"{episode.folder.parent.name}/{episode.folder.name}"
+            if events is not None and red is not None:
+                ball = ball_in_play(torch.from_numpy(np.ascontiguousarray(frames)), red).numpy()
+                np.add.at(waiting, events[~ball[:-1]], 1)
+                np.add.at(served, events[~ball[:-1] & ball[1:]], 1)
             for i, (action, code) in enumerate(zip(episode.actions, codes.tolist())):
                 record = {"level": episode.level, "episode": episode.index, "folder": folder, "frame": i,
                           "split": episode.split, "action": int(action), "latent_code": code}
@@ -187,10 +210,16 @@ def main() -> None:
         "action_meanings": names,
         "padding": "frames before 0 repeat frame 0", "transitions": len(records),
     }
+    serve_stats = {}
+    if model.event_classes:
+        meta["serve_events"], serve_stats = serve_statistics(served, waiting)
     write_pairs(pairs_path(args.data_dir), meta, records)
     stats = code_statistics(records, names)
-    atomic_write_json(pair_stats_path(args.data_dir), {"meta": meta, **stats})
+    atomic_write_json(pair_stats_path(args.data_dir), {"meta": meta, **stats, **serve_stats})
     print_statistics(stats)
+    if model.event_classes:
+        print(f"event classes that serve (a ball after none on >= {SERVE_SHARE:.0%} of their transitions): "
+              f"{meta['serve_events'] or 'none'}")
     print(f"\nwrote {pairs_path(args.data_dir)} ({len(records)} pairs) and {pair_stats_path(args.data_dir)}")
 
 

@@ -115,6 +115,7 @@ class PairInputs:
                  previous: torch.Tensor | None, knob: torch.Tensor | None):
         self.actions, self.views, self.view_index = pairs["actions"], views, view_index
         self.previous, self.knob = previous, knob
+        self.event_prior = pairs.get("event_prior")   # the world model's prior, which the event head reads
 
     def logits(self, model: ActionToLatent, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
         views = self.views[self.view_index[rows]].to(device) if self.views is not None else None
@@ -125,7 +126,8 @@ class PairInputs:
     def event_correction(self, model: ActionToLatent, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
         """What the map adds to the world model's event prior logits for these rows (B, event_classes)."""
         return model.event_correction_from_views(self.actions[rows].to(device),
-                                                 self.views[self.view_index[rows]].to(device))
+                                                 self.views[self.view_index[rows]].to(device),
+                                                 self.event_prior[rows].to(device))
 
 
 def build_inputs(data_dir: str | Path, model: ActionToLatent, pairs: dict, episodes: dict) -> PairInputs:

@@ -128,7 +128,8 @@ class ActionToLatent(nn.Module):
     event classes the event head corrects; 0 or absent = no event head). The action, each previous
     action and the knob's bin enter as embeddings (= linear layers on one-hot inputs) added to the
     linear map of the frame views, then an MLP head. The event head has its own action embedding, frame
-    map and MLP, so its loss leaves the latent code's map as it is.
+    map and MLP, so its loss leaves the latent code's map as it is; it also reads the prior's
+    log-probabilities, which say from the full frames whether a key could serve at all (part4.md).
     """
 
     def __init__(self, config: dict):
@@ -159,6 +160,7 @@ class ActionToLatent(nn.Module):
         if self.event_classes:
             self.event_action = nn.Embedding(self.num_actions, hidden)
             self.event_frames = nn.Linear(self.frames_used * VIEW_SIZE, hidden)
+            self.event_prior_in = nn.Linear(self.event_classes, hidden)
             self.event_head = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                             nn.Linear(hidden, self.event_classes))
             nn.init.zeros_(self.event_head[-1].weight)   # starts as no correction: the prior alone
@@ -190,18 +192,22 @@ class ActionToLatent(nn.Module):
             hidden = hidden + self.frame_in(views.flatten(1).float() / 255.0)
         return self.head(hidden).view(-1, self.code_positions, self.num_codes)
 
-    def event_correction_from_views(self, actions: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        """actions (B,) int64, views (B, frames_used, VIEW_SIZE) uint8 -> (B, event_classes), added to the
-        world model's event prior logits."""
-        hidden = self.event_action(actions) + self.event_frames(views.flatten(1).float() / 255.0)
+    def event_correction_from_views(self, actions: torch.Tensor, views: torch.Tensor,
+                                    prior_logits: torch.Tensor) -> torch.Tensor:
+        """actions (B,) int64, views (B, frames_used, VIEW_SIZE) uint8, the world model's event prior logits
+        (B, event_classes) -> (B, event_classes), added to those logits."""
+        hidden = (self.event_action(actions) + self.event_frames(views.flatten(1).float() / 255.0)
+                  + self.event_prior_in(torch.log_softmax(prior_logits.float(), -1)))
         return self.event_head(hidden)
 
     @torch.no_grad()
-    def event_correction(self, actions: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
-        """actions (B,), past (B, k, 210, 160, 3) uint8 -> the correction (B, event_classes) to the prior's logits."""
+    def event_correction(self, actions: torch.Tensor, past: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
+        """actions (B,), past (B, k, 210, 160, 3) uint8, prior logits (B, event_classes) -> the correction
+        (B, event_classes) to the prior's logits."""
         device = self.action_embed.weight.device
         views = self.views_from_past(torch.as_tensor(past)).to(device)
-        return self.event_correction_from_views(torch.as_tensor(actions, device=device).long(), views)
+        return self.event_correction_from_views(torch.as_tensor(actions, device=device).long(), views,
+                                                prior_logits.to(device))
 
     def views_from_past(self, past: torch.Tensor | None) -> torch.Tensor:
         """past (B, k, 210, 160, 3) uint8, oldest first -> the newest frames_used views."""

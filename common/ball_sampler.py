@@ -20,6 +20,11 @@ Breakout never removes a ball there, but a per-pixel decoder unsure of the ball'
 spreads its probability so thin that the expected count above is a poor chance of a ball: on the
 steps where the ball was lost, the decoder had put a median of 0.2 ball of mass off its argmax
 (part5.md). Whether the ball gets past the paddle is still the model's call.
+
+A serve serves: when the step's random event is one of the classes that serve (Stage 4 finds them in the
+data) and the previous frame had no ball in play, the next frame shows one, at a peak of the model's
+ball mass between the bricks and the paddle (however thin). Given a serve class the decoder expects
+only 0.2-0.6 of a ball after a lost life (part5.md): it knows a ball comes, not where, and spreads it.
 """
 from __future__ import annotations
 
@@ -40,6 +45,13 @@ MASS_FLOOR = 0.02               # ball-colour probabilities below this are noise
 STEP_REACH = 16                 # pixels a ball can move in one agent step (4 frames), with margin
 # a ball whose top row is in these rows is still in play a step later
 FLIGHT_ROWS = (BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start - STEP_REACH)
+BELOW_BRICKS = slice(FLIGHT_ROWS[0], PADDLE_ROWS.start)   # where a ball in play is, bar one among the bricks
+
+
+def ball_in_play(classes: torch.Tensor, ball_class: int) -> torch.Tensor:
+    """(N,) bool for frames (N, 210, 160) of colour classes: a ball-colour pixel between the bricks and the
+    paddle (the red bricks and the paddle share the ball's colour, so the rows above and below do not count)."""
+    return (classes[:, BELOW_BRICKS, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class).flatten(1).any(1)
 
 
 def _ball_blobs(red: np.ndarray) -> list[tuple[np.ndarray, int]]:
@@ -81,11 +93,13 @@ def balls_in_flight(classes: torch.Tensor, ball_class: int) -> list[tuple[int, i
 def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor], ball_class: int,
                 background_class: int, temperature: float = 1.0,
                 generator: torch.Generator | None = None,
-                in_flight: list[tuple[int, int] | None] | None = None) -> torch.Tensor:
+                in_flight: list[tuple[int, int] | None] | None = None,
+                serve: list[bool] | None = None) -> torch.Tensor:
     """classes (B, 210, 160) uint8 argmax frames, ball_prob(b) the ball colour's probability in frame b
     (210, 160), asked for only where a frame shows no whole ball -> the frames with the ball committed
     (a copy; in frames that show a whole ball only the specks are cleared). in_flight[b]: the previous frame's
-    ball in flight (balls_in_flight), which frame b then keeps, or None."""
+    ball in flight (balls_in_flight), which frame b then keeps, or None. serve[b]: frame b is a serve, which
+    shows a ball between the bricks and the paddle."""
     out = classes.clone()
     rows, cols = slice(PLAY_TOP, PLAY_BOTTOM + 1), slice(PLAY_LEFT, PLAY_RIGHT + 1)
     for b in range(len(classes)):
@@ -101,8 +115,9 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
                 area[mask] = background_class
         if kept is not None:
             continue
+        serving = last is None and serve is not None and serve[b]
         mass = ball_prob(b)[rows, cols].float() * torch.from_numpy(area != ball_class)
-        if last is None:     # a ball in flight is placed by whatever mass there is, however thin
+        if last is None and not serving:     # a ball in flight or a serve is placed by whatever mass there is
             mass = torch.where(mass >= MASS_FLOOR, mass, torch.zeros(()))
         expected = float(mass.sum()) / BALL_AREA
         placement = F.avg_pool2d(mass[None, None], (BALL_H, BALL_W), stride=1)[0, 0] * BALL_AREA  # top-left corners
@@ -115,6 +130,11 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
             top, left = last_here
             near[max(0, top - STEP_REACH):top + STEP_REACH + 1, max(0, left - STEP_REACH):left + STEP_REACH + 1] = 1
             placement = placement * near
+        if serving:            # between the bricks and the paddle, where Breakout serves
+            near = torch.zeros_like(placement)
+            near[BELOW_BRICKS.start - PLAY_TOP:BELOW_BRICKS.stop - PLAY_TOP - BALL_H + 1] = 1
+            placement = placement * near
+        if last is not None or serving:
             expected = float("inf") if float(placement.sum()) > 0 else 0.0
         if temperature == 0:
             if expected < 0.5:

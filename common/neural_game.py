@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.action_to_latent import KNOB_START, knob_positions
-from common.ball_sampler import balls_in_flight, commit_ball
+from common.ball_sampler import ball_in_play, balls_in_flight, commit_ball
 from common.dataset import ACTION_NAMES, FRAME_SHAPE
 from common.detectors import RED
 
@@ -78,6 +78,8 @@ class NeuralBreakout:
         self.background_class = colours.index((0, 0, 0)) if (0, 0, 0) in colours else 0
         self.generator = torch.Generator().manual_seed(seed)
         self.keep_ball_in_flight = True   # a ball between the bricks and the paddle stays in play (ball_sampler.py)
+        # the random event classes that serve a ball (Stage 4), which the game then draws for sure
+        self.serve_events = torch.tensor(action_model.config.get("serve_events", []), dtype=torch.int64)
         self.frames: torch.Tensor | None = None   # (1, k, 210, 160, 3) uint8 RGB, oldest first
         self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
         self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)  # earlier actions, oldest first
@@ -180,7 +182,7 @@ class NeuralBreakout:
         with torch.inference_mode():
             logits = model.event_prior(past_index.to(device), codes.to(device)).float()
             if getattr(self.action_model, "event_classes", 0) and actions is not None:
-                logits = logits + self.action_model.event_correction(actions, as_tensor(past)).to(device)
+                logits = logits + self.action_model.event_correction(actions, as_tensor(past), logits).to(device)
             return model.sample_event(logits, float(event_temperature), self.generator)
 
     def latents(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
@@ -227,11 +229,14 @@ class NeuralBreakout:
             index, logits = model.predict_with_logits(past_index.to(device), codes.to(device),
                                                       None if events is None else events.to(device))
             if commit:
-                in_flight = (balls_in_flight(past_index[:, -1].cpu(), self.ball_class) if self.keep_ball_in_flight
-                             else None)
+                last = past_index[:, -1].cpu()
+                in_flight = balls_in_flight(last, self.ball_class) if self.keep_ball_in_flight else None
+                serve = None
+                if events is not None and len(self.serve_events):
+                    serve = (torch.isin(events.cpu(), self.serve_events) & ~ball_in_play(last, self.ball_class)).tolist()
                 index = commit_ball(index.cpu(), lambda b: model.colour_probability(logits[b:b + 1],
                                                                                     self.ball_class)[0].cpu(),
                                     self.ball_class, self.background_class, event_temperature,
-                                    self.generator, in_flight).to(device)
+                                    self.generator, in_flight, serve).to(device)
             rgb = self.palette.index_select(0, index.reshape(-1).long()).view(*index.shape, 3)
         return rgb.cpu(), index.cpu()

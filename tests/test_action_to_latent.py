@@ -96,15 +96,41 @@ def test_the_event_head_learns_that_fire_serves_only_without_a_ball(one_thread):
     prior = torch.log_softmax(torch.zeros(n, 16), -1)          # the prior: no idea
     model = ActionToLatent(tiny_config("frames", context_frames=1, frames_used=1, event_classes=16))
     views = model.views_from_past(past)
-    assert torch.equal(model.event_correction(actions, past), torch.zeros(n, 16))   # untrained: the prior alone
+    assert torch.equal(model.event_correction(actions, past, prior), torch.zeros(n, 16))   # untrained: the prior alone
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(200):
-        loss = F.cross_entropy(prior + model.event_correction_from_views(actions, views), events)
+        loss = F.cross_entropy(prior + model.event_correction_from_views(actions, views, prior), events)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert torch.equal((prior + model.eval().event_correction(actions, past)).argmax(-1), events)
+    assert torch.equal((prior + model.eval().event_correction(actions, past, prior)).argmax(-1), events)
     assert ActionToLatent(tiny_config("action", event_classes=16)).event_classes == 0   # needs the frames
+
+
+def test_the_event_head_reads_from_the_prior_where_a_key_can_serve(one_thread):
+    """Where the frames the head sees look alike (the ball just left the screen; whether the lives digit
+    has dropped, and FIRE serves, shows only in the full frames), the prior knows a little: it gives a serve
+    somewhat more chance where one is possible. A correction added to its logits cannot make FIRE a sure
+    serve there and a sure non-serve elsewhere; a head that reads the prior can."""
+    torch.manual_seed(0)
+    n, serve, nothing = 512, 5, 0
+    past = torch.zeros(n, 1, 210, 160, 3, dtype=torch.uint8)   # every view the same
+    servable = torch.rand(n) < 0.5
+    actions = torch.randint(0, 4, (n,))
+    events = torch.where(servable & (actions == 1), serve, nothing)
+    prior = torch.full((n, 16), -9.0)
+    prior[:, nothing] = 0.0
+    prior[:, serve] = torch.where(servable, -1.1, -2.2)
+    model = ActionToLatent(tiny_config("frames", context_frames=1, frames_used=1, event_classes=16))
+    views = model.views_from_past(past)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = F.cross_entropy(prior + model.event_correction_from_views(actions, views, prior), events)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    probs = torch.softmax(prior + model.eval().event_correction(actions, past, prior), -1)
+    assert probs[torch.arange(n), events].min() > 0.9
 
 
 def test_previous_actions_are_noop_before_the_start_and_can_decide_the_latent(one_thread):
@@ -240,6 +266,20 @@ def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
     assert torch.allclose(prior, torch.tensor([rows[i]["event_prior"] for i in picks]), atol=0.006)
     stats = json.loads(paths.pair_stats_path(data).read_text())
     assert sum(row["count"] for row in stats["actions"].values()) == len(doc["pairs"])
+    # the serve classes: counted again here from the RGB frames and the pairs' events
+    from common.ball_sampler import ball_in_play
+    from common.detectors import RED
+    red = [tuple(c) for c in model.palette.rgb.tolist()].index(RED)
+    waiting, served = np.zeros(model.event_classes, int), np.zeros(model.event_classes, int)
+    for episode in episodes:
+        ball = ball_in_play(model.to_index(torch.from_numpy(read_frames(episode))), red).numpy()
+        for p in doc["pairs"]:
+            if (p["level"], p["episode"]) == (episode.level, episode.index) and not ball[p["frame"]]:
+                waiting[p["event"]] += 1
+                served[p["event"]] += ball[p["frame"] + 1]
+    assert stats["transitions_without_ball"] == waiting.tolist()
+    assert doc["meta"]["serve_events"] == [c for c in range(len(waiting)) if waiting[c] >= 5 and 2 * served[c] >= waiting[c]]
+    assert load_action_to_latent(smoke_action_to_latent).config["serve_events"] == doc["meta"]["serve_events"]
 
 
 def test_smoke_map_loads_and_reports(smoke_action_to_latent):

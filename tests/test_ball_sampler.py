@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.ball_sampler import BALL_H, BALL_W, commit_ball
+from common.ball_sampler import BALL_H, BALL_W, ball_in_play, commit_ball
 from common.detectors import ball_count, ball_xy
 
 BALL, BLACK = 2, 0
@@ -107,3 +107,33 @@ def test_one_ball_is_left_the_one_nearest_the_ball_in_flight_and_specks_go():
     assert ball_count(out) == 1 and ball_xy(out) == (62.5, 117.5)
     out = rgb(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(148, 22)])[0])
     assert ball_count(out) == 1 and ball_xy(out) == (20.5, 151.5)
+
+
+def test_a_serve_draws_a_ball_for_sure_where_the_thin_mass_peaks_between_bricks_and_paddle():
+    """Given a serve class the decoder may expect a fraction of a ball: the serve still shows one, in
+    proportion to where the mass lies, and never among the bricks (whose red is the ball's)."""
+    classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(2)
+    thin = split_serve(0.2)
+    thin[0, 70:74, 40:42] = 0.5      # more mass among the bricks than at any serve place
+    places = []
+    for _ in range(300):
+        out = rgb(commit_ball(classes, thin.__getitem__, BALL, BLACK, 1.0, generator, serve=[True])[0])
+        assert ball_count(out) == 1
+        places.append(round(ball_xy(out)[0]))
+    assert set(places) == {16, 80, 140} and abs(places.count(80) / len(places) - 0.5) < 0.1
+    assert round(ball_xy(rgb(commit_ball(classes, thin.__getitem__, BALL, BLACK, 0.0, serve=[True])[0]))[0]) == 80
+    # without the serve the same thin mass draws a ball a fifth of the time, and no mass draws none
+    alone = [ball_count(rgb(commit_ball(classes, split_serve(0.2).__getitem__, BALL, BLACK, 1.0, generator)[0]))
+             for _ in range(300)]
+    assert 0.1 < np.mean(alone) < 0.3
+    empty = torch.zeros(1, 210, 160)
+    assert torch.equal(commit_ball(classes, empty.__getitem__, BALL, BLACK, 1.0, generator, serve=[True]), classes)
+
+
+def test_ball_in_play_looks_between_the_bricks_and_the_paddle():
+    frames = torch.zeros(4, 210, 160, dtype=torch.uint8)
+    frames[1, 130:134, 60:62] = BALL        # a ball in play
+    frames[2, 57:63, 8:152] = BALL          # the red bricks
+    frames[3, 189:193, 60:76] = BALL        # the paddle
+    assert ball_in_play(frames, BALL).tolist() == [False, True, False, False]

@@ -76,8 +76,8 @@ def test_a_seed_replays_a_game_with_its_random_events(smoke_action_to_latent, st
         codes = game.latents(past, torch.tensor([action]), 0.0, game.previous.clone(), torch.tensor([game.knob]))
         replay = torch.Generator()
         replay.set_state(game.generator.get_state())
-        correction = game.action_model.event_correction(torch.tensor([action]), past)
-        logits = model.event_prior(index, codes).float() + correction
+        prior = model.event_prior(index, codes).float()
+        logits = prior + game.action_model.event_correction(torch.tensor([action]), past, prior)
         events = model.sample_event(logits, 1.0, replay)
         expected = model.predict(past, codes, events)[0].numpy()
         np.testing.assert_array_equal(game.step(action, event_temperature=1.0), expected)
@@ -109,6 +109,8 @@ def test_the_key_decides_the_random_event_through_the_maps_event_head(smoke_acti
         untrained_head.event_action.weight.zero_()
         untrained_head.event_frames.weight.zero_()
         untrained_head.event_frames.bias.zero_()
+        untrained_head.event_prior_in.weight.zero_()
+        untrained_head.event_prior_in.bias.zero_()
         untrained_head.event_action.weight[1, 0] = 1.0             # only FIRE lights hidden unit 0 ...
         untrained_head.event_head[1].weight.zero_()
         untrained_head.event_head[1].bias.zero_()
