@@ -23,8 +23,8 @@ steps where the ball was lost, the decoder had put a median of 0.2 ball of mass 
 
 A serve serves: when the step's random event is one of the classes that serve (Stage 4 finds them in the
 data) and the previous frame had no ball in play, the next frame shows one, at a peak of the model's
-ball mass between the bricks and the paddle (however thin). Given a serve class the decoder expects
-only 0.2-0.6 of a ball after a lost life (part5.md): it knows a ball comes, not where, and spreads it.
+ball mass between the bricks and the paddle (however thin). Given a serve class the decoder expected
+only 0.2-0.57 of a ball after a lost life (part5.md): it knows a ball comes, not where, and spreads it.
 """
 from __future__ import annotations
 
