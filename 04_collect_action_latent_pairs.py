@@ -6,9 +6,11 @@ and frame i+1, and returns the latent code. The (action, latent code) pairs are 
 learns from. With a random event latent, each pair also carries the event class the posterior reads
 off frame i+1 (`event`) and the world model's prior over it (`event_prior`, log-probabilities), which
 sees the frames and the action code but not the key: Stage 5 learns what the key adds (FIRE serves).
-It also finds the event classes that serve: those whose transitions, from a frame with no ball in play,
-show one in the next frame at least half of the time (`serve_events`, which the game uses to draw a
-served ball for sure, common/ball_sampler.py).
+It also finds what the event classes mean for the ball: the classes that serve (from a frame with no ball
+in play, the next frame shows one on at least half of their transitions: `serve_events`) and those that
+send the ball back at the paddle (from a frame with a ball just above the paddle, the next frame still
+has a ball in play on at least half: `keep_events`). The game draws those balls for sure
+(common/ball_sampler.py).
 Writes data/actions/action_latent_pairs.json (one record per line) and, beside it,
 action_latent_stats.json: action frequencies and the latent-code distribution per action.
 """
@@ -24,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from common.action_to_latent import file_fingerprint, past_frame_indices
-from common.ball_sampler import ball_in_play
+from common.ball_sampler import AT_PADDLE, ball_in_play
 from common.cli import pick_device, positive_int, run_main, set_threads
 from common.dataset import ACTION_NAMES, level_files, read_level, require_dataset
 from common.detectors import RED
@@ -86,16 +88,16 @@ def encode_episode(model, frames: np.ndarray, lookup: torch.Tensor, batch_size: 
     return codes, np.concatenate(events), np.concatenate(priors)
 
 
-SERVE_SHARE = 0.5   # an event class serves when at least this share of its transitions without a ball show one
-SERVE_MIN_COUNT = 5   # ... over at least this many such transitions
+OUTCOME_SHARE = 0.5     # a class serves (sends the ball back) when at least this share of its transitions do
+OUTCOME_MIN_COUNT = 5   # ... over at least this many transitions from a frame without a ball (with one at the paddle)
 
 
-def serve_statistics(served: np.ndarray, waiting: np.ndarray) -> tuple[list[int], dict]:
-    """served[c], waiting[c]: transitions of event class c from a frame with no ball in play that show a
-    ball next, and all such transitions -> (the serve classes, each class's share)."""
-    share = {str(c): round(float(served[c] / waiting[c]), 4) for c in range(len(waiting)) if waiting[c]}
-    serves = [c for c in range(len(waiting)) if waiting[c] >= SERVE_MIN_COUNT and served[c] >= SERVE_SHARE * waiting[c]]
-    return serves, {"serve_share_without_ball": share, "transitions_without_ball": waiting.astype(int).tolist()}
+def ball_outcomes(happened: np.ndarray, cases: np.ndarray) -> tuple[list[int], dict[str, float]]:
+    """happened[c] of cases[c] transitions of event class c showed the outcome -> (the classes that show it,
+    each class's share)."""
+    share = {str(c): round(float(happened[c] / cases[c]), 4) for c in range(len(cases)) if cases[c]}
+    return [c for c in range(len(cases))
+            if cases[c] >= OUTCOME_MIN_COUNT and happened[c] >= OUTCOME_SHARE * cases[c]], share
 
 
 def action_names(data_dir: str | Path) -> list[str]:
@@ -183,7 +185,9 @@ def main() -> None:
 
     records = []
     red = [tuple(c) for c in cache.palette].index(RED) if RED in [tuple(c) for c in cache.palette] else None
-    served, waiting = np.zeros(model.event_classes), np.zeros(model.event_classes)
+    # per event class: transitions from a frame without a ball in play and how many showed one next; from a
+    # frame with a ball at the paddle and how many still had one
+    waiting, served, at_paddle, sent_back = (np.zeros(model.event_classes) for _ in range(4))
     total = sum(e.num_frames - 1 for e in episodes)
     with tqdm(total=total, desc="encoding transitions", unit="tr") as progress:
         for episode in episodes:
@@ -191,9 +195,12 @@ def main() -> None:
             codes, events, priors = encode_episode(model, frames, lookup, args.batch_size, device, progress)
             folder = f"{episode.folder.parent.name}/{episode.folder.name}"
             if events is not None and red is not None:
-                ball = ball_in_play(torch.from_numpy(np.ascontiguousarray(frames)), red).numpy()
+                classes = torch.from_numpy(np.ascontiguousarray(frames))
+                ball, near = ball_in_play(classes, red).numpy(), ball_in_play(classes, red, AT_PADDLE).numpy()
                 np.add.at(waiting, events[~ball[:-1]], 1)
                 np.add.at(served, events[~ball[:-1] & ball[1:]], 1)
+                np.add.at(at_paddle, events[near[:-1]], 1)
+                np.add.at(sent_back, events[near[:-1] & ball[1:]], 1)
             for i, (action, code) in enumerate(zip(episode.actions, codes.tolist())):
                 record = {"level": episode.level, "episode": episode.index, "folder": folder, "frame": i,
                           "split": episode.split, "action": int(action), "latent_code": code}
@@ -210,16 +217,19 @@ def main() -> None:
         "action_meanings": names,
         "padding": "frames before 0 repeat frame 0", "transitions": len(records),
     }
-    serve_stats = {}
+    outcome_stats = {}
     if model.event_classes:
-        meta["serve_events"], serve_stats = serve_statistics(served, waiting)
+        meta["serve_events"], serve_share = ball_outcomes(served, waiting)
+        meta["keep_events"], keep_share = ball_outcomes(sent_back, at_paddle)
+        outcome_stats = {"serve_share_without_ball": serve_share, "transitions_without_ball": waiting.astype(int).tolist(),
+                         "ball_kept_share_at_paddle": keep_share, "transitions_at_paddle": at_paddle.astype(int).tolist()}
     write_pairs(pairs_path(args.data_dir), meta, records)
     stats = code_statistics(records, names)
-    atomic_write_json(pair_stats_path(args.data_dir), {"meta": meta, **stats, **serve_stats})
+    atomic_write_json(pair_stats_path(args.data_dir), {"meta": meta, **stats, **outcome_stats})
     print_statistics(stats)
     if model.event_classes:
-        print(f"event classes that serve (a ball after none on >= {SERVE_SHARE:.0%} of their transitions): "
-              f"{meta['serve_events'] or 'none'}")
+        print(f"event classes that serve (a ball after none on >= {OUTCOME_SHARE:.0%} of their transitions): "
+              f"{meta['serve_events'] or 'none'}; that send the ball back at the paddle: {meta['keep_events'] or 'none'}")
     print(f"\nwrote {pairs_path(args.data_dir)} ({len(records)} pairs) and {pair_stats_path(args.data_dir)}")
 
 

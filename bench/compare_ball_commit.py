@@ -1,5 +1,7 @@
-"""Compare the ball committers on the game measures: the committed ball alone, and with the ball in flight
-kept in play (common/ball_sampler.py), on one world model, the same emulator starts and the same seeds.
+"""Compare the ball committer's rules on the game measures (common/ball_sampler.py), each added to the ones
+before: the committed ball alone (the expected count), the ball in flight kept, the ball at the paddle kept
+when the random event sends it back, the serve drawn for sure; on one world model, the same emulator starts
+and the same seeds.
 
     .venv/bin/python bench/compare_ball_commit.py --checkpoint-dir checkpoints --starts 100
 """
@@ -29,9 +31,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     game = NeuralBreakout.load(args.checkpoint_dir, seed=0)
     starts = make_starts(game.context_frames, args.starts, seed=0)
+    serve_events = game.serve_events
+    rules = (("committed ball", False, False, False), ("+ ball in flight kept", True, False, False),
+             ("+ ball at the paddle kept", True, True, False), ("+ serve for sure", True, True, True))
     results = {}
-    for label, keep in (("committed ball", False), ("+ ball in flight kept", True)):
-        game.keep_ball_in_flight = keep
+    for label, in_flight, at_paddle, serve in rules:
+        game.keep_ball_in_flight, game.keep_ball_at_paddle = in_flight, at_paddle
+        game.serve_events = serve_events if serve else serve_events[:0]
         game.generator.manual_seed(0)
         measures = evaluate_game(game, starts)
         teacher = measures["ball_in_play"]["teacher_forced"]
@@ -39,7 +45,7 @@ def main() -> None:
                           "ball_kept_teacher_forced": teacher and teacher["ball_kept_when_emulator_ball"],
                           "long_play": measures["long_play"]["total"]}
     keys = [k for k in results["committed ball"] if k != "long_play"]
-    print(f"| measure | {' | '.join(results)} |\n|---|---|---|")
+    print(f"| measure | {' | '.join(results)} |\n|---|" + "---|" * len(results))
     for key in keys:
         values = [results[label][key] for label in results]
         print(f"| {key} | " + " | ".join("n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)

@@ -21,10 +21,18 @@ spreads its probability so thin that the expected count above is a poor chance o
 steps where the ball was lost, the decoder had put a median of 0.2 ball of mass off its argmax
 (part5.md). Whether the ball gets past the paddle is still the model's call.
 
+At the paddle the ball may come back or be missed, and the step's random event says which: a ball
+just above the paddle stays in play when the event is one of the classes that send it back (Stage 4
+finds them in the data), placed the same way within reach; after any other class the expected count
+decides, as anywhere else.
+
 A serve serves: when the step's random event is one of the classes that serve (Stage 4 finds them in the
 data) and the previous frame had no ball in play, the next frame shows one, at a peak of the model's
 ball mass between the bricks and the paddle (however thin). Given a serve class the decoder expected
 only 0.2-0.57 of a ball after a lost life (part5.md): it knows a ball comes, not where, and spreads it.
+
+The committer works on the rows above the paddle: the paddle has the ball's colour, so a ball touching
+it is found on its own there, and what happens beside and below the paddle is left to the decoder.
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ import torch.nn.functional as F
 
 from typing import Callable
 
-from common.detectors import (BALL_MAX_H, BALL_MAX_W, BRICK_H, BRICK_ROWS, BRICK_TOP, PADDLE_ROWS, PLAY_BOTTOM,
+from common.detectors import (BALL_MAX_H, BALL_MAX_W, BRICK_H, BRICK_ROWS, BRICK_TOP, PADDLE_ROWS,
                               PLAY_LEFT, PLAY_RIGHT, PLAY_TOP)
 
 BALL_H, BALL_W = 4, 2           # the ball as the emulator draws it at frame skip 4
@@ -46,12 +54,15 @@ STEP_REACH = 16                 # pixels a ball can move in one agent step (4 fr
 # a ball whose top row is in these rows is still in play a step later
 FLIGHT_ROWS = (BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start - STEP_REACH)
 BELOW_BRICKS = slice(FLIGHT_ROWS[0], PADDLE_ROWS.start)   # where a ball in play is, bar one among the bricks
+AT_PADDLE = slice(FLIGHT_ROWS[1], PADDLE_ROWS.start)      # a ball here is sent back or missed on the next step
+ABOVE_PADDLE = slice(PLAY_TOP, PADDLE_ROWS.start)         # the rows the committer works on
 
 
-def ball_in_play(classes: torch.Tensor, ball_class: int) -> torch.Tensor:
+def ball_in_play(classes: torch.Tensor, ball_class: int, rows: slice = BELOW_BRICKS) -> torch.Tensor:
     """(N,) bool for frames (N, 210, 160) of colour classes: a ball-colour pixel between the bricks and the
-    paddle (the red bricks and the paddle share the ball's colour, so the rows above and below do not count)."""
-    return (classes[:, BELOW_BRICKS, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class).flatten(1).any(1)
+    paddle (the red bricks and the paddle share the ball's colour, so the rows above and below do not count),
+    or in `rows` of those (AT_PADDLE: a ball about to be sent back or missed)."""
+    return (classes[:, rows, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class).flatten(1).any(1)
 
 
 def _ball_blobs(red: np.ndarray) -> list[tuple[np.ndarray, int]]:
@@ -75,40 +86,47 @@ def _distance(mask: np.ndarray, place: tuple[int, int] | None) -> float:
     return float(np.hypot(y - place[0], x - place[1]))
 
 
-def balls_in_flight(classes: torch.Tensor, ball_class: int) -> list[tuple[int, int] | None]:
-    """For frames (B, 210, 160) of colour classes: the (row, column) of the top-left pixel of the one whole
-    ball in FLIGHT_ROWS, or None where there is none (or more than one ball in the play area)."""
+def balls_to_keep(classes: torch.Tensor, ball_class: int, events: torch.Tensor | None = None,
+                  keep_events: torch.Tensor | None = None, in_flight: bool = True,
+                  at_paddle: bool = True) -> list[tuple[int, int] | None]:
+    """For the previous frames (B, 210, 160) of colour classes: the (row, column) of the top-left pixel of
+    the one whole ball that the next frames keep, or None. A ball in FLIGHT_ROWS is kept (in_flight); a ball
+    in AT_PADDLE is kept when the step's event class (events (B,)) is one of keep_events (at_paddle)."""
     found = []
-    for frame in classes.numpy():
-        area = frame[PLAY_TOP:PLAY_BOTTOM + 1, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class
+    for b, frame in enumerate(classes.numpy()):
+        area = frame[ABOVE_PADDLE, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class
         whole = [mask for mask, size in _ball_blobs(area) if size >= WHOLE_BALL_PX]
-        if len(whole) != 1:
-            found.append(None)
-            continue
-        y, x = _top_left(whole[0])
-        found.append((y + PLAY_TOP, x + PLAY_LEFT) if FLIGHT_ROWS[0] <= y + PLAY_TOP < FLIGHT_ROWS[1] else None)
+        place = None
+        if len(whole) == 1:
+            y, x = _top_left(whole[0])
+            top = y + PLAY_TOP
+            flying = in_flight and FLIGHT_ROWS[0] <= top < FLIGHT_ROWS[1]
+            sent_back = (at_paddle and top >= AT_PADDLE.start and events is not None and keep_events is not None
+                         and bool(torch.isin(events[b:b + 1].cpu(), keep_events)))
+            place = (top, x + PLAY_LEFT) if flying or sent_back else None
+        found.append(place)
     return found
 
 
 def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor], ball_class: int,
                 background_class: int, temperature: float = 1.0,
                 generator: torch.Generator | None = None,
-                in_flight: list[tuple[int, int] | None] | None = None,
+                keep: list[tuple[int, int] | None] | None = None,
                 serve: list[bool] | None = None) -> torch.Tensor:
     """classes (B, 210, 160) uint8 argmax frames, ball_prob(b) the ball colour's probability in frame b
     (210, 160), asked for only where a frame shows no whole ball -> the frames with the ball committed
-    (a copy; in frames that show a whole ball only the specks are cleared). in_flight[b]: the previous frame's
-    ball in flight (balls_in_flight), which frame b then keeps, or None. serve[b]: frame b is a serve, which
-    shows a ball between the bricks and the paddle."""
+    (a copy; in frames that show a whole ball only the specks are cleared). keep[b]: the previous frame's
+    ball (balls_to_keep), which frame b then keeps, or None. serve[b]: frame b is a serve, which
+    shows a ball between the bricks and the paddle. Only the rows above the paddle are read and drawn."""
     out = classes.clone()
-    rows, cols = slice(PLAY_TOP, PLAY_BOTTOM + 1), slice(PLAY_LEFT, PLAY_RIGHT + 1)
+    rows, cols = ABOVE_PADDLE, slice(PLAY_LEFT, PLAY_RIGHT + 1)
     for b in range(len(classes)):
         area = out[b, rows, cols].numpy()
-        last = in_flight[b] if in_flight is not None else None
+        last = keep[b] if keep is not None else None
         last_here = None if last is None else (last[0] - PLAY_TOP, last[1] - PLAY_LEFT)
         blobs = _ball_blobs(area == ball_class)
         whole = [(mask, size) for mask, size in blobs if size >= WHOLE_BALL_PX]
-        # Breakout has one ball: the one nearest the ball in flight, else the largest
+        # Breakout has one ball: the one nearest the ball kept, else the largest
         kept = min(whole, key=lambda blob: (_distance(blob[0], last_here), -blob[1]))[0] if whole else None
         for mask, _ in blobs:        # specks (a fading ball, a trace beside the ball) and extra balls are
             if mask is not kept:     # cleared; their probability still counts
@@ -117,7 +135,7 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
             continue
         serving = last is None and serve is not None and serve[b]
         mass = ball_prob(b)[rows, cols].float() * torch.from_numpy(area != ball_class)
-        if last is None and not serving:     # a ball in flight or a serve is placed by whatever mass there is
+        if last is None and not serving:     # a ball kept or served is placed by whatever mass there is
             mass = torch.where(mass >= MASS_FLOOR, mass, torch.zeros(()))
         expected = float(mass.sum()) / BALL_AREA
         placement = F.avg_pool2d(mass[None, None], (BALL_H, BALL_W), stride=1)[0, 0] * BALL_AREA  # top-left corners
@@ -125,14 +143,14 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
         peak = F.max_pool2d(placement[None, None], (2 * BALL_H - 1, 2 * BALL_W - 1), stride=1,
                             padding=(BALL_H - 1, BALL_W - 1))[0, 0]
         placement = torch.where(placement >= peak, placement, torch.zeros(()))
-        if last is not None:   # within a step's reach of the ball in flight, which stays in play
+        if last is not None:   # within a step's reach of the ball kept, which stays in play
             near = torch.zeros_like(placement)
             top, left = last_here
             near[max(0, top - STEP_REACH):top + STEP_REACH + 1, max(0, left - STEP_REACH):left + STEP_REACH + 1] = 1
             placement = placement * near
         if serving:            # between the bricks and the paddle, where Breakout serves
             near = torch.zeros_like(placement)
-            near[BELOW_BRICKS.start - PLAY_TOP:BELOW_BRICKS.stop - PLAY_TOP - BALL_H + 1] = 1
+            near[BELOW_BRICKS.start - PLAY_TOP:] = 1
             placement = placement * near
         if last is not None or serving:
             expected = float("inf") if float(placement.sum()) > 0 else 0.0

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.action_to_latent import KNOB_START, knob_positions
-from common.ball_sampler import ball_in_play, balls_in_flight, commit_ball
+from common.ball_sampler import ball_in_play, balls_to_keep, commit_ball
 from common.dataset import ACTION_NAMES, FRAME_SHAPE
 from common.detectors import RED
 
@@ -78,8 +78,11 @@ class NeuralBreakout:
         self.background_class = colours.index((0, 0, 0)) if (0, 0, 0) in colours else 0
         self.generator = torch.Generator().manual_seed(seed)
         self.keep_ball_in_flight = True   # a ball between the bricks and the paddle stays in play (ball_sampler.py)
-        # the random event classes that serve a ball (Stage 4), which the game then draws for sure
+        self.keep_ball_at_paddle = True   # ... and one at the paddle, when the random event sends it back
+        # the random event classes that serve a ball and that send it back at the paddle (Stage 4), which
+        # the game then draws for sure
         self.serve_events = torch.tensor(action_model.config.get("serve_events", []), dtype=torch.int64)
+        self.keep_events = torch.tensor(action_model.config.get("keep_events", []), dtype=torch.int64)
         self.frames: torch.Tensor | None = None   # (1, k, 210, 160, 3) uint8 RGB, oldest first
         self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
         self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)  # earlier actions, oldest first
@@ -230,13 +233,14 @@ class NeuralBreakout:
                                                       None if events is None else events.to(device))
             if commit:
                 last = past_index[:, -1].cpu()
-                in_flight = balls_in_flight(last, self.ball_class) if self.keep_ball_in_flight else None
+                keep = balls_to_keep(last, self.ball_class, events, self.keep_events, self.keep_ball_in_flight,
+                                     self.keep_ball_at_paddle)
                 serve = None
                 if events is not None and len(self.serve_events):
                     serve = (torch.isin(events.cpu(), self.serve_events) & ~ball_in_play(last, self.ball_class)).tolist()
                 index = commit_ball(index.cpu(), lambda b: model.colour_probability(logits[b:b + 1],
                                                                                     self.ball_class)[0].cpu(),
                                     self.ball_class, self.background_class, event_temperature,
-                                    self.generator, in_flight, serve).to(device)
+                                    self.generator, keep, serve).to(device)
             rgb = self.palette.index_select(0, index.reshape(-1).long()).view(*index.shape, 3)
         return rgb.cpu(), index.cpu()

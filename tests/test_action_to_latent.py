@@ -266,20 +266,24 @@ def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
     assert torch.allclose(prior, torch.tensor([rows[i]["event_prior"] for i in picks]), atol=0.006)
     stats = json.loads(paths.pair_stats_path(data).read_text())
     assert sum(row["count"] for row in stats["actions"].values()) == len(doc["pairs"])
-    # the serve classes: counted again here from the RGB frames and the pairs' events
-    from common.ball_sampler import ball_in_play
+    # the classes that serve and that send the ball back: counted again here from the RGB frames and the events
+    from common.ball_sampler import AT_PADDLE, ball_in_play
     from common.detectors import RED
     red = [tuple(c) for c in model.palette.rgb.tolist()].index(RED)
-    waiting, served = np.zeros(model.event_classes, int), np.zeros(model.event_classes, int)
+    counts = np.zeros((4, model.event_classes), int)   # without a ball, served; at the paddle, sent back
     for episode in episodes:
-        ball = ball_in_play(model.to_index(torch.from_numpy(read_frames(episode))), red).numpy()
+        classes = model.to_index(torch.from_numpy(read_frames(episode)))
+        ball, near = ball_in_play(classes, red).numpy(), ball_in_play(classes, red, AT_PADDLE).numpy()
         for p in doc["pairs"]:
-            if (p["level"], p["episode"]) == (episode.level, episode.index) and not ball[p["frame"]]:
-                waiting[p["event"]] += 1
-                served[p["event"]] += ball[p["frame"] + 1]
-    assert stats["transitions_without_ball"] == waiting.tolist()
-    assert doc["meta"]["serve_events"] == [c for c in range(len(waiting)) if waiting[c] >= 5 and 2 * served[c] >= waiting[c]]
-    assert load_action_to_latent(smoke_action_to_latent).config["serve_events"] == doc["meta"]["serve_events"]
+            if (p["level"], p["episode"]) == (episode.level, episode.index):
+                i, event = p["frame"], p["event"]
+                counts[:, event] += [not ball[i], not ball[i] and ball[i + 1], near[i], near[i] and ball[i + 1]]
+    assert stats["transitions_without_ball"] == counts[0].tolist()
+    assert stats["transitions_at_paddle"] == counts[2].tolist()
+    for key, cases, happened in (("serve_events", 0, 1), ("keep_events", 2, 3)):
+        assert doc["meta"][key] == [c for c in range(model.event_classes)
+                                    if counts[cases, c] >= 5 and 2 * counts[happened, c] >= counts[cases, c]]
+        assert load_action_to_latent(smoke_action_to_latent).config[key] == doc["meta"][key]
 
 
 def test_smoke_map_loads_and_reports(smoke_action_to_latent):

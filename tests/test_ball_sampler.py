@@ -68,11 +68,12 @@ def test_specks_of_a_fading_ball_are_replaced_by_one_whole_ball():
 
 
 def test_a_ball_in_flight_stays_in_play_where_the_model_puts_it_within_reach():
-    from common.ball_sampler import FLIGHT_ROWS, STEP_REACH, balls_in_flight
+    from common.ball_sampler import FLIGHT_ROWS, STEP_REACH, balls_to_keep
 
     last = torch.zeros(1, 210, 160, dtype=torch.uint8)
     last[0, 120:124, 60:62] = BALL                   # the previous frame: a ball mid-screen
-    assert balls_in_flight(last, BALL) == [(120, 60)]
+    assert balls_to_keep(last, BALL) == [(120, 60)]
+    assert balls_to_keep(last, BALL, in_flight=False) == [None]
     classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
     prob = torch.zeros(1, 210, 160)
     prob[0, 114:118, 64:66] = 0.01                   # a hundredth of a ball, 6 px up and 4 px right
@@ -89,7 +90,7 @@ def test_a_ball_in_flight_stays_in_play_where_the_model_puts_it_within_reach():
     low[0, FLIGHT_ROWS[1]:FLIGHT_ROWS[1] + 4, 60:62] = BALL   # near the paddle: it may leave the screen
     high = torch.zeros(1, 210, 160, dtype=torch.uint8)
     high[0, 70:74, 60:62] = BALL                                # among the bricks
-    assert balls_in_flight(torch.cat([low, high]), BALL) == [None, None]
+    assert balls_to_keep(torch.cat([low, high]), BALL) == [None, None]
     assert FLIGHT_ROWS[1] + STEP_REACH == 189                   # the paddle's first row
     generator = torch.Generator().manual_seed(1)
     faint = [ball_count(rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, 1.0, generator, [None])[0]))
@@ -137,3 +138,26 @@ def test_ball_in_play_looks_between_the_bricks_and_the_paddle():
     frames[2, 57:63, 8:152] = BALL          # the red bricks
     frames[3, 189:193, 60:76] = BALL        # the paddle
     assert ball_in_play(frames, BALL).tolist() == [False, True, False, False]
+
+
+def test_a_ball_at_the_paddle_is_kept_when_the_random_event_sends_it_back():
+    """Just above the paddle the ball may come back or be missed: the event class decides, and a ball
+    touching the paddle (which has the ball's colour) is still found on its own."""
+    from common.ball_sampler import balls_to_keep
+
+    last = torch.zeros(2, 210, 160, dtype=torch.uint8)
+    last[:, 189:193, 50:66] = BALL                   # the paddle
+    last[:, 185:189, 56:58] = BALL                   # the ball touching it from above
+    back, other = torch.tensor([3]), torch.tensor([3, 9])
+    assert balls_to_keep(last, BALL, other, back) == [(185, 56), None]
+    assert balls_to_keep(last, BALL, other, back, at_paddle=False) == [None, None]
+    assert balls_to_keep(last, BALL) == [None, None]                   # no events: the expected count decides
+    classes = last[:1].clone()
+    classes[0, 185:189, 56:58] = BLACK               # the decoder lost the ball ...
+    prob = torch.zeros(1, 210, 160)
+    prob[0, 178:182, 52:54] = 0.05                   # ... but for a twentieth of it going back up
+    prob[0, 189:193, 66:70] = 0.9                    # the paddle's edge, uncertain: never a ball
+    out = rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, 1.0, torch.Generator().manual_seed(0),
+                          [(185, 56)])[0])
+    assert ball_count(out) == 1 and ball_xy(out) == (52.5, 179.5)
+    assert (out[189:193] == rgb(classes[0])[189:193]).all()             # the paddle rows are left alone
