@@ -69,6 +69,8 @@ def plan_stage(name: str, data_dir: Path, ckpt_dir: Path, fresh: bool, upstream_
                                    or result.stat().st_mtime >= previous.stat().st_mtime)
     if not fresh and not upstream_ran and current:
         return "keep", []
+    if name[:2] == "02":   # a new agent (or --fresh): record every level again, the old episodes go when it is done
+        return "run", ["--replace"]
     # the file whose presence makes a training stage refuse to start without --resume or --fresh
     trained = {"01": paths.dqn_checkpoint(ckpt_dir, "latest"), "03": paths.latent_checkpoint(ckpt_dir, "latest"),
                "05": paths.action_to_latent_checkpoint(ckpt_dir)}.get(name[:2])

@@ -104,6 +104,10 @@ def test_the_pipeline_plans_keep_resume_and_fresh(tmp_path: Path) -> None:
     os.utime(metrics, (0, 0))
     assert plan_stage(stage_3, data, ckpt, False, False, pairs) == ("run", ["--fresh"])      # older than its data
     assert plan_stage("06 evaluate control", data, ckpt, False, False, metrics) == ("run", [])
+    stage_2 = "02 record videos"   # a recording of another agent's levels is replaced, not topped up
+    assert plan_stage(stage_2, data, ckpt, False, False, None) == ("keep", [])
+    assert plan_stage(stage_2, data, ckpt, False, True, None) == ("run", ["--replace"])
+    assert plan_stage(stage_2, data, ckpt, True, False, None) == ("run", ["--replace"])
 
 
 def test_nproc_launches_the_world_model_under_torchrun_and_nothing_else() -> None:
