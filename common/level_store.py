@@ -40,6 +40,9 @@ class LevelStore:
         self.remove_orphans()
         used = [record["index"] for record in self.old]
         self.next_index = max(used) + 1 if used else 0
+        # a replaced level is recorded as a new one would be: seeds and splits follow the episode's place in
+        # the new recording (its folders are numbered after the old ones, which stay until it is complete)
+        self.first_new_index = self.next_index if mode == "replace" else 0
 
     def remove_orphans(self) -> None:
         """Temporary folders and episodes no JSON lists (left by a killed run) are not data: delete them."""
@@ -55,9 +58,9 @@ class LevelStore:
         return 0 if self.mode == "replace" else len(self.old)
 
     def job(self, index: int, args: argparse.Namespace, plan: dict) -> dict:
-        name = ds.episode_dir_name(index)
-        return {"level": self.level, "index": index, "seed": episode_seed(args.seed, self.level, index),
-                "split": choose_split(args.seed, self.level, index), "policy": plan["policy"],
+        name, place = ds.episode_dir_name(index), index - self.first_new_index
+        return {"level": self.level, "index": index, "seed": episode_seed(args.seed, self.level, place),
+                "split": choose_split(args.seed, self.level, place), "policy": plan["policy"],
                 "checkpoint": str(plan["checkpoint"]) if plan["checkpoint"] else None,
                 "checkpoint_name": plan["checkpoint"].name if plan["checkpoint"] else None,
                 "random_fraction": plan["random_fraction"], "frame_skip": self.header["frame_skip"],

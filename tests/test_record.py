@@ -12,7 +12,7 @@ import imageio.v2 as imageio
 import numpy as np
 
 from common import dataset as ds
-from common.recorder import make_env
+from common.recorder import choose_split, episode_seed, make_env
 from tests.conftest import REPO, run_script
 
 
@@ -100,6 +100,8 @@ def test_replace_swaps_the_level_and_reports_missing_checkpoints(tmp_path):
     assert json.loads(ds.actions_path(data_dir, 0).read_text())["frame_skip"] == 2
     second = ds.load_episodes(data_dir)
     assert len(second) == 2 and {e.seed for e in second}.isdisjoint({e.seed for e in first})
+    # seeds and splits as in a new recording with that seed, so a replaced level keeps its test episodes
+    assert [(e.seed, e.split) for e in second] == [(episode_seed(1, 0, i), choose_split(1, 0, i)) for i in range(2)]
     assert not any(e.folder.exists() for e in first) and ds.verify_dataset(data_dir) == []
     result = run_script("02_record_videos.py", "--policy", "dqn", "--preset", "smoke",
                         "--checkpoint-dir", str(tmp_path / "none"), "--data-dir", str(data_dir))
