@@ -1,7 +1,7 @@
 """Compare the ball committer's rules on the game measures (common/ball_sampler.py), each added to the ones
-before: the committed ball alone (the expected count), the ball in flight kept, the ball at the paddle kept
-when the random event sends it back, the serve drawn for sure; on one world model, the same emulator starts
-and the same seeds.
+before: the committed ball alone (the expected count), the ball in flight kept, the serve drawn for sure,
+the ball at the paddle kept when the random event sends it back; on one world model, the same emulator
+starts and the same seeds.
 
     .venv/bin/python bench/compare_ball_commit.py --checkpoint-dir checkpoints --starts 100
 """
@@ -33,7 +33,7 @@ def main() -> None:
     starts = make_starts(game.context_frames, args.starts, seed=0)
     serve_events = game.serve_events
     rules = (("committed ball", False, False, False), ("+ ball in flight kept", True, False, False),
-             ("+ ball at the paddle kept", True, True, False), ("+ serve for sure", True, True, True))
+             ("+ serve for sure", True, False, True), ("+ ball at the paddle kept", True, True, True))
     results = {}
     for label, in_flight, at_paddle, serve in rules:
         game.keep_ball_in_flight, game.keep_ball_at_paddle = in_flight, at_paddle
