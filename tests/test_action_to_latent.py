@@ -83,6 +83,17 @@ def test_frames_variant_learns_a_state_dependent_mapping(one_thread):
     assert ActionToLatent(tiny_config("action")).logits(actions[:2]).shape == (2, 2, 8)
 
 
+def fit_event_head(model: ActionToLatent, actions: torch.Tensor, views: torch.Tensor, prior: torch.Tensor,
+                   events: torch.Tensor, steps: int) -> None:
+    """Adam on the cross-entropy of prior + the head's correction against the events, as Stage 5 trains it."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = F.cross_entropy(prior + model.event_correction_from_views(actions, views, prior), events)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def test_the_event_head_learns_that_fire_serves_only_without_a_ball(one_thread):
     """The world model's prior cannot tell FIRE from NOOP (same action code); the map's event head sees
     the key and the frame: it starts as no correction and learns 'FIRE without a ball -> serve class'."""
@@ -97,12 +108,7 @@ def test_the_event_head_learns_that_fire_serves_only_without_a_ball(one_thread):
     model = ActionToLatent(tiny_config("frames", context_frames=1, frames_used=1, event_classes=16))
     views = model.views_from_past(past)
     assert torch.equal(model.event_correction(actions, past, prior), torch.zeros(n, 16))   # untrained: the prior alone
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(200):
-        loss = F.cross_entropy(prior + model.event_correction_from_views(actions, views, prior), events)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit_event_head(model, actions, views, prior, events, 200)
     assert torch.equal((prior + model.eval().event_correction(actions, past, prior)).argmax(-1), events)
     assert ActionToLatent(tiny_config("action", event_classes=16)).event_classes == 0   # needs the frames
 
@@ -123,12 +129,7 @@ def test_the_event_head_reads_from_the_prior_where_a_key_can_serve(one_thread):
     prior[:, serve] = torch.where(servable, -1.1, -2.2)
     model = ActionToLatent(tiny_config("frames", context_frames=1, frames_used=1, event_classes=16))
     views = model.views_from_past(past)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
-        loss = F.cross_entropy(prior + model.event_correction_from_views(actions, views, prior), events)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit_event_head(model, actions, views, prior, events, 300)
     probs = torch.softmax(prior + model.eval().event_correction(actions, past, prior), -1)
     assert probs[torch.arange(n), events].min() > 0.9
 
