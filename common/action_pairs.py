@@ -11,7 +11,9 @@ from tqdm import tqdm
 
 from common.action_to_latent import (ActionToLatent, file_fingerprint, knob_positions, past_frame_indices,
                                      previous_action_rows, red_view)
+from common.ball_sampler import ball_in_play, steps_since_ball
 from common.dataset import level_files, read_level
+from common.detectors import RED
 from common.errors import UserError
 from common.frame_cache import load_frame_cache
 from common.io import read_json
@@ -64,6 +66,21 @@ def load_frame_views(data_dir: str | Path, pairs: dict, k: int, frames_used: int
     return torch.cat(views), torch.from_numpy(index)
 
 
+def load_since_ball(data_dir: str | Path, pairs: dict) -> torch.Tensor:
+    """Per pair, the steps since a ball was last in play before its transition (N,) int64 (steps_since_ball),
+    from Stage 3's palette-class cache."""
+    cache = load_frame_cache(data_dir)
+    palette = [tuple(c) for c in cache.palette]
+    cached = {(e.level, e.index): e for e in cache.episodes}
+    since_of = {}
+    for key in set(pairs["episode"]):
+        classes = torch.from_numpy(np.ascontiguousarray(cache.episode_frames(cached[key])))
+        in_play = ball_in_play(classes, palette.index(RED)) if RED in palette else torch.zeros(len(classes), dtype=torch.bool)
+        since_of[key] = steps_since_ball(in_play)
+    return torch.from_numpy(np.array([since_of[key][frame] for key, frame in zip(pairs["episode"], pairs["frame"])],
+                                     dtype=np.int64))
+
+
 def check_pairs_match_dataset(episodes: dict, pairs: dict) -> None:
     """One pair per transition, with the data set's actions: otherwise the pairs are stale."""
     seen: dict[tuple[int, int], list[int]] = {}
@@ -112,9 +129,9 @@ class PairInputs:
     """The map's inputs for any rows of the pairs: action, frame views, previous actions and knob (as used)."""
 
     def __init__(self, pairs: dict, views: torch.Tensor | None, view_index: torch.Tensor | None,
-                 previous: torch.Tensor | None, knob: torch.Tensor | None):
+                 previous: torch.Tensor | None, knob: torch.Tensor | None, since_ball: torch.Tensor | None = None):
         self.actions, self.views, self.view_index = pairs["actions"], views, view_index
-        self.previous, self.knob = previous, knob
+        self.previous, self.knob, self.since_ball = previous, knob, since_ball
         self.event_prior = pairs.get("event_prior")   # the world model's prior, which the event head reads
 
     def logits(self, model: ActionToLatent, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -127,7 +144,7 @@ class PairInputs:
         """What the map adds to the world model's event prior logits for these rows (B, event_classes)."""
         return model.event_correction_from_views(self.actions[rows].to(device),
                                                  self.views[self.view_index[rows]].to(device),
-                                                 self.event_prior[rows].to(device))
+                                                 self.event_prior[rows].to(device), self.since_ball[rows].to(device))
 
 
 def build_inputs(data_dir: str | Path, model: ActionToLatent, pairs: dict, episodes: dict) -> PairInputs:
@@ -138,4 +155,5 @@ def build_inputs(data_dir: str | Path, model: ActionToLatent, pairs: dict, episo
         views, view_index = load_frame_views(data_dir, pairs, model.context_frames, model.frames_used)
     previous = load_previous_actions(episodes, pairs, model.previous_actions) if model.previous_actions else None
     knob = load_knob(episodes, pairs, model.knob_frame_skip) if model.uses_knob else None
-    return PairInputs(pairs, views, view_index, previous, knob)
+    since_ball = load_since_ball(data_dir, pairs) if model.event_classes else None
+    return PairInputs(pairs, views, view_index, previous, knob, since_ball)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.ball_sampler import SINCE_BALL_CAP
 from common.errors import UserError
 from common.io import load_checkpoint
 from common.latent_action import past_frame_rows
@@ -161,6 +162,7 @@ class ActionToLatent(nn.Module):
             self.event_action = nn.Embedding(self.num_actions, hidden)
             self.event_frames = nn.Linear(self.frames_used * VIEW_SIZE, hidden)
             self.event_prior_in = nn.Linear(self.event_classes, hidden)
+            self.event_since = nn.Embedding(SINCE_BALL_CAP + 1, hidden)
             self.event_head = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                             nn.Linear(hidden, self.event_classes))
             nn.init.zeros_(self.event_head[-1].weight)   # starts as no correction: the prior alone
@@ -193,21 +195,24 @@ class ActionToLatent(nn.Module):
         return self.head(hidden).view(-1, self.code_positions, self.num_codes)
 
     def event_correction_from_views(self, actions: torch.Tensor, views: torch.Tensor,
-                                    prior_logits: torch.Tensor) -> torch.Tensor:
+                                    prior_logits: torch.Tensor, since_ball: torch.Tensor) -> torch.Tensor:
         """actions (B,) int64, views (B, frames_used, VIEW_SIZE) uint8, the world model's event prior logits
-        (B, event_classes) -> (B, event_classes), added to those logits."""
+        (B, event_classes), the steps since a ball was in play (B,) int64 (steps_since_ball) ->
+        (B, event_classes), added to those logits."""
         hidden = (self.event_action(actions) + self.event_frames(views.flatten(1).float() / 255.0)
-                  + self.event_prior_in(torch.log_softmax(prior_logits.float(), -1)))
+                  + self.event_prior_in(torch.log_softmax(prior_logits.float(), -1))
+                  + self.event_since(since_ball.long().clamp(0, SINCE_BALL_CAP)))
         return self.event_head(hidden)
 
     @torch.no_grad()
-    def event_correction(self, actions: torch.Tensor, past: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
-        """actions (B,), past (B, k, 210, 160, 3) uint8, prior logits (B, event_classes) -> the correction
-        (B, event_classes) to the prior's logits."""
+    def event_correction(self, actions: torch.Tensor, past: torch.Tensor, prior_logits: torch.Tensor,
+                         since_ball: torch.Tensor) -> torch.Tensor:
+        """actions (B,), past (B, k, 210, 160, 3) uint8, prior logits (B, event_classes), steps since a ball
+        was in play (B,) -> the correction (B, event_classes) to the prior's logits."""
         device = self.action_embed.weight.device
         views = self.views_from_past(torch.as_tensor(past)).to(device)
         return self.event_correction_from_views(torch.as_tensor(actions, device=device).long(), views,
-                                                prior_logits.to(device))
+                                                prior_logits.to(device), torch.as_tensor(since_ball).to(device))
 
     def views_from_past(self, past: torch.Tensor | None) -> torch.Tensor:
         """past (B, k, 210, 160, 3) uint8, oldest first -> the newest frames_used views."""

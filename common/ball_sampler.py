@@ -65,6 +65,23 @@ def ball_in_play(classes: torch.Tensor, ball_class: int, rows: slice = BELOW_BRI
     return (classes[:, rows, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class).flatten(1).any(1)
 
 
+SINCE_BALL_CAP = 15   # steps since a ball was last in play are counted up to this; the cap also stands for "never"
+
+
+def steps_since_ball(in_play: np.ndarray | torch.Tensor, start: int = SINCE_BALL_CAP) -> np.ndarray:
+    """Per frame of a game, (N,) bool ball in play (ball_in_play) -> (N,) int64: the steps since a frame last
+    showed a ball in play (0 on a frame that shows one), capped at SINCE_BALL_CAP; `start` before the first.
+
+    FIRE serves only once the lives digit has dropped, 4-5 steps after the ball left the screen; the frames
+    of those steps look like the frames of a player waiting to serve, so the map's event head reads this count.
+    """
+    out, since = np.empty(len(in_play), np.int64), int(start)
+    for i, shown in enumerate(np.asarray(in_play)):
+        since = 0 if shown else min(since + 1, SINCE_BALL_CAP)
+        out[i] = since
+    return out
+
+
 def _ball_blobs(red: np.ndarray) -> list[tuple[np.ndarray, int]]:
     """(pixel mask, area) of every ball-sized red component of a (H, W) bool mask."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(red.astype(np.uint8), connectivity=8)

@@ -283,12 +283,17 @@ def neural_windows(game: Any, windows: Sequence[Window], teacher_forced: bool = 
         real = (torch.from_numpy(np.stack([np.concatenate([w.start.frames, w.frames]) for w in chunk]))
                 if teacher_forced else None)
         generated = []
+        counts = hasattr(game, "next_since_ball")   # the steps since a ball, counted on as the game does
+        with torch.inference_mode():
+            since_ball = game.since_ball_in(game.latent_model.to_index(past)) if counts else None
         for s in range(steps):
             with torch.inference_mode():
                 events = game.latent_model.encode_event(real[:, s:s + k], real[:, s + k]) if teacher_forced else None
                 nxt = game.step_batch(past, actions[:, s], temperature=0.0, previous=previous[:, s],
                                       knob=None if knob is None else knob[:, s], event_temperature=event_temperature,
-                                      events=events)
+                                      events=events, **({"since_ball": since_ball} if counts else {}))
+                if counts:
+                    since_ball = game.next_since_ball(since_ball, game.latent_model.to_index(nxt))
                 past = torch.cat([past[:, 1:], nxt[:, None]], dim=1)
             generated.append(nxt.numpy())
         out.append(np.stack(generated, axis=1))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.action_to_latent import KNOB_START, knob_positions
-from common.ball_sampler import ball_in_play, balls_to_keep, commit_ball
+from common.ball_sampler import ball_in_play, balls_to_keep, commit_ball, steps_since_ball
 from common.dataset import ACTION_NAMES, FRAME_SHAPE
 from common.detectors import RED
 
@@ -87,6 +87,7 @@ class NeuralBreakout:
         self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
         self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)  # earlier actions, oldest first
         self.knob = KNOB_START  # the paddle knob's position (common/action_to_latent.py)
+        self.since_ball = 0     # steps since a frame showed a ball in play (steps_since_ball), which FIRE's serve waits on
         self.steps = 0
 
     @classmethod
@@ -128,6 +129,7 @@ class NeuralBreakout:
         self.knob = float(knob_positions(given, self.knob_frame_skip)[-1]) if self.knob_frame_skip else KNOB_START
         with torch.inference_mode():
             self.indices = self.latent_model.to_index(self.frames).cpu()
+        self.since_ball = int(self.since_ball_in(self.indices)[0])
         self.steps = 0
 
     def step(self, action: int, temperature: float = 0.0, event_temperature: float = 1.0) -> np.ndarray:
@@ -142,8 +144,10 @@ class NeuralBreakout:
             raise RuntimeError("call reset(frames) before step()")
         action = check_action(action)
         codes = self.latents(self.frames, torch.tensor([action]), temperature, self.previous, torch.tensor([self.knob]))
-        events = self.events(self.indices, codes, event_temperature, torch.tensor([action]), self.frames)
+        events = self.events(self.indices, codes, event_temperature, torch.tensor([action]), self.frames,
+                             torch.tensor([self.since_ball]))
         rgb, index = self._decode(self.indices, codes, events, event_temperature)
+        self.since_ball = int(self.next_since_ball(torch.tensor([self.since_ball]), index)[0])
         self.previous = torch.cat([self.previous[:, 1:], torch.tensor([[action]])], dim=1)
         if self.knob_frame_skip:
             self.knob = float(knob_positions([action], self.knob_frame_skip, start=self.knob)[-1])
@@ -155,9 +159,10 @@ class NeuralBreakout:
     def step_batch(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
                    temperature: float = 0.0, previous: np.ndarray | torch.Tensor | None = None,
                    knob: np.ndarray | torch.Tensor | None = None, event_temperature: float = 1.0,
-                   events: torch.Tensor | None = None) -> torch.Tensor:
+                   events: torch.Tensor | None = None, since_ball: torch.Tensor | None = None) -> torch.Tensor:
         """Stateless step(): past (B, k, 210, 160, 3) uint8 RGB, actions (B,), previous actions
-        (B, previous_count) or None, knob positions (B,) or None -> next frames (B, 210, 160, 3) uint8.
+        (B, previous_count) or None, knob positions (B,) or None, steps since a ball was in play (B,) or
+        None (counted within past) -> next frames (B, 210, 160, 3) uint8.
 
         The random events are drawn from the prior (the game's generator), or given as `events` (B,)
         classes, e.g. the posterior's from real frames (teacher forcing). The control measures roll
@@ -167,15 +172,31 @@ class NeuralBreakout:
         with torch.inference_mode():
             index = self.latent_model.to_index(as_tensor(past))
         if events is None:
-            events = self.events(index, codes, event_temperature, torch.as_tensor(actions, dtype=torch.int64), past)
+            events = self.events(index, codes, event_temperature, torch.as_tensor(actions, dtype=torch.int64), past,
+                                 since_ball)
         return self._decode(index, codes, events, event_temperature)[0]
 
+    def since_ball_in(self, past_index: torch.Tensor) -> torch.Tensor:
+        """(B,) int64: the steps since a ball was in play, counted within past frames (B, k, 210, 160) of
+        colour classes; the cap (steps_since_ball) where none shows one, as before a game's first serve."""
+        if self.ball_class is None:
+            return torch.zeros(len(past_index), dtype=torch.int64)
+        return torch.tensor([int(steps_since_ball(ball_in_play(frames, self.ball_class))[-1]) for frames in past_index])
+
+    def next_since_ball(self, since_ball: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The count after a step whose new frames (B, 210, 160) of colour classes are `index`."""
+        if self.ball_class is None:
+            return since_ball
+        return torch.from_numpy(np.array([int(steps_since_ball(ball_in_play(frame[None], self.ball_class), int(s))[-1])
+                                          for s, frame in zip(since_ball.tolist(), index.cpu())]))
+
     def events(self, past_index: torch.Tensor, codes: torch.Tensor, event_temperature: float = 1.0,
-               actions: torch.Tensor | None = None,
-               past: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
+               actions: torch.Tensor | None = None, past: np.ndarray | torch.Tensor | None = None,
+               since_ball: torch.Tensor | None = None) -> torch.Tensor | None:
         """The random event classes (B,) drawn from the world model's prior after past (class indices) and
-        the action codes, plus the map's correction for the keys `actions` after `past` (RGB) when the map
-        has an event head, at `event_temperature` with the game's generator; None for a model without them."""
+        the action codes, plus the map's correction for the keys `actions` after `past` (RGB) and the steps
+        since a ball was in play (None: counted within past) when the map has an event head, at
+        `event_temperature` with the game's generator; None for a model without them."""
         if not math.isfinite(event_temperature) or event_temperature < 0:
             raise ValueError(f"event_temperature must be a number >= 0, got {event_temperature}")
         model = self.latent_model
@@ -185,7 +206,9 @@ class NeuralBreakout:
         with torch.inference_mode():
             logits = model.event_prior(past_index.to(device), codes.to(device)).float()
             if getattr(self.action_model, "event_classes", 0) and actions is not None:
-                logits = logits + self.action_model.event_correction(actions, as_tensor(past), logits).to(device)
+                since_ball = self.since_ball_in(past_index.cpu()) if since_ball is None else since_ball
+                logits = logits + self.action_model.event_correction(actions, as_tensor(past), logits,
+                                                                     since_ball).to(device)
             return model.sample_event(logits, float(event_temperature), self.generator)
 
     def latents(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,

@@ -84,11 +84,12 @@ def test_frames_variant_learns_a_state_dependent_mapping(one_thread):
 
 
 def fit_event_head(model: ActionToLatent, actions: torch.Tensor, views: torch.Tensor, prior: torch.Tensor,
-                   events: torch.Tensor, steps: int) -> None:
+                   events: torch.Tensor, steps: int, since_ball: torch.Tensor | None = None) -> None:
     """Adam on the cross-entropy of prior + the head's correction against the events, as Stage 5 trains it."""
+    since_ball = torch.zeros(len(actions), dtype=torch.int64) if since_ball is None else since_ball
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(steps):
-        loss = F.cross_entropy(prior + model.event_correction_from_views(actions, views, prior), events)
+        loss = F.cross_entropy(prior + model.event_correction_from_views(actions, views, prior, since_ball), events)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -107,9 +108,9 @@ def test_the_event_head_learns_that_fire_serves_only_without_a_ball(one_thread):
     prior = torch.log_softmax(torch.zeros(n, 16), -1)          # the prior: no idea
     model = ActionToLatent(tiny_config("frames", context_frames=1, frames_used=1, event_classes=16))
     views = model.views_from_past(past)
-    assert torch.equal(model.event_correction(actions, past, prior), torch.zeros(n, 16))   # untrained: the prior alone
+    assert torch.equal(model.event_correction(actions, past, prior, torch.zeros(n, dtype=torch.int64)), torch.zeros(n, 16))   # untrained: the prior alone
     fit_event_head(model, actions, views, prior, events, 200)
-    assert torch.equal((prior + model.eval().event_correction(actions, past, prior)).argmax(-1), events)
+    assert torch.equal((prior + model.eval().event_correction(actions, past, prior, torch.zeros(n, dtype=torch.int64))).argmax(-1), events)
     assert ActionToLatent(tiny_config("action", event_classes=16)).event_classes == 0   # needs the frames
 
 
@@ -130,8 +131,33 @@ def test_the_event_head_reads_from_the_prior_where_a_key_can_serve(one_thread):
     model = ActionToLatent(tiny_config("frames", context_frames=1, frames_used=1, event_classes=16))
     views = model.views_from_past(past)
     fit_event_head(model, actions, views, prior, events, 300)
-    probs = torch.softmax(prior + model.eval().event_correction(actions, past, prior), -1)
+    probs = torch.softmax(prior + model.eval().event_correction(actions, past, prior, torch.zeros(n, dtype=torch.int64)), -1)
     assert probs[torch.arange(n), events].min() > 0.9
+
+
+def test_the_event_head_reads_the_steps_since_the_ball_left():
+    """FIRE serves only once the lives digit has dropped, some steps after the ball left: from frames and a
+    prior that look alike the head learns it from the count of steps since a ball was in play."""
+    torch.manual_seed(0)
+    n, serve, nothing = 512, 5, 0
+    past = torch.zeros(n, 1, 210, 160, 3, dtype=torch.uint8)   # no ball, every view the same
+    since_ball = torch.randint(1, 16, (n,))
+    actions = torch.randint(0, 4, (n,))
+    events = torch.where((since_ball >= 6) & (actions == 1), serve, nothing)
+    prior = torch.log_softmax(torch.zeros(n, 16), -1)
+    model = ActionToLatent(tiny_config("frames", context_frames=1, frames_used=1, event_classes=16))
+    fit_event_head(model, actions, model.views_from_past(past), prior, events, 300, since_ball)
+    probs = torch.softmax(prior + model.eval().event_correction(actions, past, prior, since_ball), -1)
+    assert probs[torch.arange(n), events].min() > 0.9
+
+
+def test_steps_since_ball_count_from_the_last_ball_and_stop_at_the_cap():
+    from common.ball_sampler import SINCE_BALL_CAP, steps_since_ball
+
+    shown = np.array([0, 0, 1, 1, 0, 0, 0] + [0] * 20, bool)
+    assert steps_since_ball(shown)[:7].tolist() == [SINCE_BALL_CAP, SINCE_BALL_CAP, 0, 0, 1, 2, 3]
+    assert steps_since_ball(shown)[-1] == SINCE_BALL_CAP
+    assert steps_since_ball(shown[:1], start=4).tolist() == [5]
 
 
 def test_previous_actions_are_noop_before_the_start_and_can_decide_the_latent(one_thread):

@@ -77,7 +77,8 @@ def test_a_seed_replays_a_game_with_its_random_events(smoke_action_to_latent, st
         replay = torch.Generator()
         replay.set_state(game.generator.get_state())
         prior = model.event_prior(index, codes).float()
-        logits = prior + game.action_model.event_correction(torch.tensor([action]), past, prior)
+        logits = prior + game.action_model.event_correction(torch.tensor([action]), past, prior,
+                                                            torch.tensor([game.since_ball]))
         events = model.sample_event(logits, 1.0, replay)
         expected = model.predict(past, codes, events)[0].numpy()
         np.testing.assert_array_equal(game.step(action, event_temperature=1.0), expected)
@@ -111,6 +112,7 @@ def test_the_key_decides_the_random_event_through_the_maps_event_head(smoke_acti
         untrained_head.event_frames.bias.zero_()
         untrained_head.event_prior_in.weight.zero_()
         untrained_head.event_prior_in.bias.zero_()
+        untrained_head.event_since.weight.zero_()
         untrained_head.event_action.weight[1, 0] = 1.0             # only FIRE lights hidden unit 0 ...
         untrained_head.event_head[1].weight.zero_()
         untrained_head.event_head[1].bias.zero_()
@@ -120,6 +122,19 @@ def test_the_key_decides_the_random_event_through_the_maps_event_head(smoke_acti
     assert (forced[keys == 1] == favour).all()
     assert torch.equal(forced[keys != 1], draws(without_head)[keys != 1])
     game.action_model = trained
+
+
+def test_the_game_counts_the_steps_since_a_ball_on_its_own_frames(game, start_frames):
+    from common.ball_sampler import SINCE_BALL_CAP, ball_in_play
+
+    game.reset(start_frames)
+    shown = ball_in_play(game.indices[0], game.ball_class)
+    assert game.since_ball == (SINCE_BALL_CAP if not shown.any() else len(shown) - 1 - int(np.flatnonzero(shown.numpy())[-1]))
+    for action in (1, 0, 0, 2, 3, 0):
+        before = game.since_ball
+        game.step(action, event_temperature=1.0)
+        in_play = bool(ball_in_play(game.indices[:, -1], game.ball_class)[0])
+        assert game.since_ball == (0 if in_play else min(before + 1, SINCE_BALL_CAP))
 
 
 def test_steps_are_the_world_models_predictions_fed_back(game, start_frames):
