@@ -13,9 +13,10 @@ takes the most likely outcome: a ball at the heaviest placement when at least ha
 Breakout shows one ball at most, so red specks smaller than a ball (a fading ball, a trace beside a
 whole one) and extra whole balls are cleared in every frame; their mass counts.
 
-A ball in flight stays in play: when the previous frame showed one whole ball between the bricks and
-the paddle, far enough above the paddle that no step can take it off the screen, the next frame
-shows one too, where the model's mass peaks within a step's reach of it (however thin that mass).
+A ball in flight stays in play: when the previous frame showed one whole ball anywhere from the top
+wall down to far enough above the paddle that no step can take it off the screen (among the bricks
+too), the next frame shows one too, where the model's mass peaks within a step's reach of it
+(however thin that mass).
 Breakout never removes a ball there, but a per-pixel decoder unsure of the ball's exact next place
 spreads its probability so thin that the expected count above is a poor chance of a ball: on the
 steps where the ball was lost, the decoder had put a median of 0.2 ball of mass off its argmax
@@ -51,9 +52,9 @@ BALL_AREA = BALL_H * BALL_W
 WHOLE_BALL_PX = 6               # a red blob of ball size with at least this many pixels is a ball
 MASS_FLOOR = 0.02               # ball-colour probabilities below this are noise, not a possible ball
 STEP_REACH = 16                 # pixels a ball can move in one agent step (4 frames), with margin
-# a ball whose top row is in these rows is still in play a step later
-FLIGHT_ROWS = (BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start - STEP_REACH)
-BELOW_BRICKS = slice(FLIGHT_ROWS[0], PADDLE_ROWS.start)   # where a ball in play is, bar one among the bricks
+# a ball whose top row is in these rows is still in play a step later (from the top wall, among the bricks)
+FLIGHT_ROWS = (PLAY_TOP, PADDLE_ROWS.start - STEP_REACH)
+BELOW_BRICKS = slice(BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start)   # where a ball in play is, bar one among the bricks
 AT_PADDLE = slice(FLIGHT_ROWS[1], PADDLE_ROWS.start)      # a ball here is sent back or missed on the next step
 ABOVE_PADDLE = slice(PLAY_TOP, PADDLE_ROWS.start)         # the rows the committer works on
 

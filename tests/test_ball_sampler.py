@@ -89,8 +89,8 @@ def test_a_ball_in_flight_stays_in_play_where_the_model_puts_it_within_reach():
     low = torch.zeros(1, 210, 160, dtype=torch.uint8)
     low[0, FLIGHT_ROWS[1]:FLIGHT_ROWS[1] + 4, 60:62] = BALL   # near the paddle: it may leave the screen
     high = torch.zeros(1, 210, 160, dtype=torch.uint8)
-    high[0, 70:74, 60:62] = BALL                                # among the bricks
-    assert balls_to_keep(torch.cat([low, high]), BALL) == [None, None]
+    high[0, 70:74, 60:62] = BALL                                # among the bricks: still in flight
+    assert balls_to_keep(torch.cat([low, high]), BALL) == [None, (70, 60)]
     assert FLIGHT_ROWS[1] + STEP_REACH == 189                   # the paddle's first row
     generator = torch.Generator().manual_seed(1)
     faint = [ball_count(rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, 1.0, generator, [None])[0]))
