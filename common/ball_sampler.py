@@ -78,9 +78,14 @@ def steps_since_ball(in_play: np.ndarray | torch.Tensor, start: int = SINCE_BALL
     """
     out, since = np.empty(len(in_play), np.int64), int(start)
     for i, shown in enumerate(np.asarray(in_play)):
-        since = 0 if shown else min(since + 1, SINCE_BALL_CAP)
-        out[i] = since
+        out[i] = since = count_since_ball(since, shown)
     return out
+
+
+def count_since_ball(since: np.ndarray | int, in_play: np.ndarray | bool) -> np.ndarray:
+    """One step of steps_since_ball for one count or many: 0 where the new frame shows a ball in play, else
+    one more, up to the cap."""
+    return np.where(in_play, 0, np.minimum(np.asarray(since) + 1, SINCE_BALL_CAP))
 
 
 def _ball_blobs(red: np.ndarray) -> list[tuple[np.ndarray, int]]:

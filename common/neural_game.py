@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.action_to_latent import KNOB_START, knob_positions
-from common.ball_sampler import ball_in_play, balls_to_keep, commit_ball, steps_since_ball
+from common.ball_sampler import SINCE_BALL_CAP, ball_in_play, balls_to_keep, commit_ball, count_since_ball
 from common.dataset import ACTION_NAMES, FRAME_SHAPE
 from common.detectors import RED
 
@@ -181,14 +181,16 @@ class NeuralBreakout:
         colour classes; the cap (steps_since_ball) where none shows one, as before a game's first serve."""
         if self.ball_class is None:
             return torch.zeros(len(past_index), dtype=torch.int64)
-        return torch.tensor([int(steps_since_ball(ball_in_play(frames, self.ball_class))[-1]) for frames in past_index])
+        since_ball = torch.full((len(past_index),), SINCE_BALL_CAP, dtype=torch.int64)
+        for t in range(past_index.shape[1]):
+            since_ball = self.next_since_ball(since_ball, past_index[:, t])
+        return since_ball
 
     def next_since_ball(self, since_ball: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """The count after a step whose new frames (B, 210, 160) of colour classes are `index`."""
+        """The counts (B,) after a step whose new frames (B, 210, 160) of colour classes are `index`."""
         if self.ball_class is None:
             return since_ball
-        return torch.from_numpy(np.array([int(steps_since_ball(ball_in_play(frame[None], self.ball_class), int(s))[-1])
-                                          for s, frame in zip(since_ball.tolist(), index.cpu())]))
+        return torch.from_numpy(count_since_ball(since_ball.numpy(), ball_in_play(index.cpu(), self.ball_class).numpy()))
 
     def events(self, past_index: torch.Tensor, codes: torch.Tensor, event_temperature: float = 1.0,
                actions: torch.Tensor | None = None, past: np.ndarray | torch.Tensor | None = None,
