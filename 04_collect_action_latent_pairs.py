@@ -5,8 +5,9 @@ k context frames i-k+1 .. i (frame 0 repeated before the start, as in Stage 3's 
 and frame i+1, and returns the latent code. The (action, latent code) pairs are what Stage 5
 learns from. With a random event latent, each pair also carries the event class the posterior reads
 off frame i+1 (`event`) and the world model's prior over it (`event_prior`, log-probabilities), which
-sees the frames and the action code but not the key: Stage 5 learns what the key adds (FIRE serves).
-It also finds what the event classes mean for the ball: the classes that serve (from a frame with no ball
+sees the frames and the action code but not the key: Stage 5 learns what the key adds (FIRE serves),
+and `since_ball`, the steps since a frame last showed a ball in play (FIRE serves once the lives digit
+has dropped, some steps after the ball left). It also finds what the event classes mean for the ball: the classes that serve (from a frame with no ball
 in play, the next frame shows one on at least half of their transitions: `serve_events`) and those that
 send the ball back at the paddle (from a frame with a ball just above the paddle, the next frame still
 has a ball in play on at least half: `keep_events`). The game draws those balls for sure
@@ -26,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from common.action_to_latent import file_fingerprint, past_frame_indices
-from common.ball_sampler import AT_PADDLE, ball_in_play
+from common.ball_sampler import AT_PADDLE, SINCE_BALL_CAP, ball_in_play, steps_since_ball
 from common.cli import pick_device, positive_int, run_main, set_threads
 from common.dataset import ACTION_NAMES, level_files, read_level, require_dataset
 from common.detectors import RED
@@ -184,7 +185,8 @@ def main() -> None:
     names = action_names(args.data_dir)
 
     records = []
-    red = [tuple(c) for c in cache.palette].index(RED) if RED in [tuple(c) for c in cache.palette] else None
+    palette = [tuple(c) for c in cache.palette]
+    red = palette.index(RED) if RED in palette else None
     # per event class: transitions from a frame without a ball in play and how many showed one next; from a
     # frame with a ball at the paddle and how many still had one
     waiting, served, at_paddle, sent_back = (np.zeros(model.event_classes) for _ in range(4))
@@ -194,9 +196,11 @@ def main() -> None:
             frames = cache.episode_frames(cached[(episode.level, episode.index)])
             codes, events, priors = encode_episode(model, frames, lookup, args.batch_size, device, progress)
             folder = f"{episode.folder.parent.name}/{episode.folder.name}"
+            since_ball = np.full(len(frames), SINCE_BALL_CAP)
             if events is not None and red is not None:
                 classes = torch.from_numpy(np.ascontiguousarray(frames))
                 ball, near = ball_in_play(classes, red).numpy(), ball_in_play(classes, red, AT_PADDLE).numpy()
+                since_ball = steps_since_ball(ball)
                 np.add.at(waiting, events[~ball[:-1]], 1)
                 np.add.at(served, events[~ball[:-1] & ball[1:]], 1)
                 np.add.at(at_paddle, events[near[:-1]], 1)
@@ -207,6 +211,7 @@ def main() -> None:
                 if events is not None:
                     record["event"] = int(events[i])
                     record["event_prior"] = [round(float(v), 2) for v in np.maximum(priors[i], -30.0)]
+                    record["since_ball"] = int(since_ball[i])
                 records.append(record)
 
     meta = {

@@ -11,9 +11,7 @@ from tqdm import tqdm
 
 from common.action_to_latent import (ActionToLatent, file_fingerprint, knob_positions, past_frame_indices,
                                      previous_action_rows, red_view)
-from common.ball_sampler import ball_in_play, steps_since_ball
 from common.dataset import level_files, read_level
-from common.detectors import RED
 from common.errors import UserError
 from common.frame_cache import load_frame_cache
 from common.io import read_json
@@ -42,6 +40,9 @@ def load_pairs(data_dir: str | Path, checkpoint_root: str | Path) -> dict:
     if meta.get("event_classes"):   # the random event each transition shows, and the world model's prior over it
         loaded["events"] = torch.tensor([p["event"] for p in pairs], dtype=torch.int64)
         loaded["event_prior"] = torch.tensor([p["event_prior"] for p in pairs], dtype=torch.float32)
+        if "since_ball" not in pairs[0]:
+            raise UserError(f"{pairs_path(data_dir)} was written by an older Stage 4: re-run {PAIRS_STAGE}")
+        loaded["since_ball"] = torch.tensor([p["since_ball"] for p in pairs], dtype=torch.int64)
     return loaded
 
 
@@ -64,21 +65,6 @@ def load_frame_views(data_dir: str | Path, pairs: dict, k: int, frames_used: int
     for n, (key, frame) in enumerate(zip(pairs["episode"], pairs["frame"])):
         index[n] = np.asarray(past_frame_indices(int(frame), k)[-frames_used:]) + offsets[key]
     return torch.cat(views), torch.from_numpy(index)
-
-
-def load_since_ball(data_dir: str | Path, pairs: dict) -> torch.Tensor:
-    """Per pair, the steps since a ball was last in play before its transition (N,) int64 (steps_since_ball),
-    from Stage 3's palette-class cache."""
-    cache = load_frame_cache(data_dir)
-    palette = [tuple(c) for c in cache.palette]
-    cached = {(e.level, e.index): e for e in cache.episodes}
-    since_of = {}
-    for key in set(pairs["episode"]):
-        classes = torch.from_numpy(np.ascontiguousarray(cache.episode_frames(cached[key])))
-        in_play = ball_in_play(classes, palette.index(RED)) if RED in palette else torch.zeros(len(classes), dtype=torch.bool)
-        since_of[key] = steps_since_ball(in_play)
-    return torch.from_numpy(np.array([since_of[key][frame] for key, frame in zip(pairs["episode"], pairs["frame"])],
-                                     dtype=np.int64))
 
 
 def check_pairs_match_dataset(episodes: dict, pairs: dict) -> None:
@@ -129,10 +115,11 @@ class PairInputs:
     """The map's inputs for any rows of the pairs: action, frame views, previous actions and knob (as used)."""
 
     def __init__(self, pairs: dict, views: torch.Tensor | None, view_index: torch.Tensor | None,
-                 previous: torch.Tensor | None, knob: torch.Tensor | None, since_ball: torch.Tensor | None = None):
+                 previous: torch.Tensor | None, knob: torch.Tensor | None):
         self.actions, self.views, self.view_index = pairs["actions"], views, view_index
-        self.previous, self.knob, self.since_ball = previous, knob, since_ball
+        self.previous, self.knob = previous, knob
         self.event_prior = pairs.get("event_prior")   # the world model's prior, which the event head reads
+        self.since_ball = pairs.get("since_ball")     # ... and the steps since a ball was in play
 
     def logits(self, model: ActionToLatent, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
         views = self.views[self.view_index[rows]].to(device) if self.views is not None else None
@@ -155,5 +142,4 @@ def build_inputs(data_dir: str | Path, model: ActionToLatent, pairs: dict, episo
         views, view_index = load_frame_views(data_dir, pairs, model.context_frames, model.frames_used)
     previous = load_previous_actions(episodes, pairs, model.previous_actions) if model.previous_actions else None
     knob = load_knob(episodes, pairs, model.knob_frame_skip) if model.uses_knob else None
-    since_ball = load_since_ball(data_dir, pairs) if model.event_classes else None
-    return PairInputs(pairs, views, view_index, previous, knob, since_ball)
+    return PairInputs(pairs, views, view_index, previous, knob)

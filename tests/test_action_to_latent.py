@@ -294,7 +294,7 @@ def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
     stats = json.loads(paths.pair_stats_path(data).read_text())
     assert sum(row["count"] for row in stats["actions"].values()) == len(doc["pairs"])
     # the classes that serve and that send the ball back: counted again here from the RGB frames and the events
-    from common.ball_sampler import AT_PADDLE, ball_in_play
+    from common.ball_sampler import AT_PADDLE, ball_in_play, steps_since_ball
     from common.detectors import RED
     red = [tuple(c) for c in model.palette.rgb.tolist()].index(RED)
     counts = np.zeros((4, model.event_classes), int)   # without a ball, served; at the paddle, sent back
@@ -305,6 +305,7 @@ def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
             if (p["level"], p["episode"]) == (episode.level, episode.index):
                 i, event = p["frame"], p["event"]
                 counts[:, event] += [not ball[i], not ball[i] and ball[i + 1], near[i], near[i] and ball[i + 1]]
+                assert p["since_ball"] == steps_since_ball(ball)[i]
     assert stats["transitions_without_ball"] == counts[0].tolist()
     assert stats["transitions_at_paddle"] == counts[2].tolist()
     for key, cases, happened in (("serve_events", 0, 1), ("keep_events", 2, 3)):
@@ -364,6 +365,12 @@ def test_05_learns_a_synthetic_deterministic_mapping_and_refuses_stale_pairs(smo
     result = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--data-dir", str(data),
                         "--checkpoint-dir", str(ckpt), "--fresh")
     assert result.returncode == 2 and "04_collect_action_latent_pairs.py" in result.stderr
+    for pair in doc["pairs"]:                                          # pairs from an older Stage 4
+        del pair["since_ball"]
+    pairs_path.write_text(json.dumps(doc))
+    result = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--data-dir", str(data),
+                        "--checkpoint-dir", str(ckpt), "--fresh")
+    assert result.returncode == 2 and "older Stage 4" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_04_without_a_latent_model_names_stage_3(smoke_data, tmp_path):
