@@ -269,6 +269,8 @@ def run(args: argparse.Namespace, device: torch.device, ranks: Ranks) -> None:
     if not ranks.is_main:   # rank 0 says why it stopped and evaluates
         if stop_reason == "interrupted":
             raise SystemExit(130)
+        if stop_reason != "collapse":
+            barrier()       # wait for it: a rank that left and tore down gloo early was seen to abort at exit
         return
     plot_latent_training(log_dir / "train_log.csv", log_dir / "training_curves.png")
     stop_unless_trained(stop_reason, state.step, args.checkpoint_dir)
@@ -283,6 +285,7 @@ def run(args: argparse.Namespace, device: torch.device, ranks: Ranks) -> None:
                 "threads": threads, "world_size": ranks.world_size, "ranks_identical": len(set(digests)) == 1,
                 "config": {k: v for k, v in config.items() if k != "palette"}}
     evaluate(args, cache, device, training)
+    barrier()               # the other ranks wait here, so that all leave together
 
 
 def evaluate(args: argparse.Namespace, cache: FrameCache, device: torch.device, training: dict) -> None:
