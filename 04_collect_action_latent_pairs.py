@@ -198,7 +198,7 @@ def main() -> None:
             folder = f"{episode.folder.parent.name}/{episode.folder.name}"
             since_ball = np.full(len(frames), SINCE_BALL_CAP)
             if events is not None and red is not None:
-                classes = torch.from_numpy(np.ascontiguousarray(frames))
+                classes = torch.from_numpy(np.array(frames))   # a writable copy of the read-only cache
                 ball, near = ball_in_play(classes, red).numpy(), ball_in_play(classes, red, AT_PADDLE).numpy()
                 since_ball = steps_since_ball(ball)
                 np.add.at(waiting, events[~ball[:-1]], 1)

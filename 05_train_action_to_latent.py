@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.action_pairs import PAIRS_STAGE, PairInputs, build_inputs, load_pairs, recorded_frame_skip
-from common.action_to_latent import KIND, VARIANTS, ActionToLatent, cross_entropy, transition_metrics
+from common.action_to_latent import KIND, VARIANTS, ActionToLatent, cross_entropy, event_nll, transition_metrics
 from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
                         positive_float, positive_int, refuse_to_replace, run_main, set_threads)
 from common.dataset import require_dataset
@@ -90,29 +89,42 @@ def evaluate(model, pairs, inputs: PairInputs, rows, device, names) -> dict:
 
 def event_loss(model: ActionToLatent, pairs: dict, inputs: PairInputs, rows: torch.Tensor,
                device: torch.device) -> torch.Tensor:
-    """Cross-entropy of (prior + correction) against the event classes the rows show, one value per row."""
+    """event_nll of (prior + correction) on the rows, one value per row."""
     logits = pairs["event_prior"][rows].to(device) + inputs.event_correction(model, rows, device)
-    return F.cross_entropy(logits, pairs["events"][rows].to(device), reduction="none")
+    return event_nll(logits, pairs["events"][rows].to(device), pairs["served"][rows].to(device),
+                     model.config.get("serve_events", []))
 
 
 @torch.no_grad()
 def event_metrics(model: ActionToLatent, pairs: dict, inputs: PairInputs, rows: np.ndarray, device: torch.device,
                   names: list[str]) -> dict:
-    """The events' negative log-likelihood (nats) under the world model's prior alone and with the map's
-    correction, overall and per action: FIRE without a ball in play is where the key decides."""
+    """The events' negative log-likelihood (nats, event_nll) under the world model's prior alone and with the
+    map's correction, overall and per action; and per action where no ball was in play, the share of steps
+    that served beside the serve classes' mean probability under each: there the key decides."""
     model.eval()
     rows_t = torch.from_numpy(rows)
-    corrected = torch.cat([event_loss(model, pairs, inputs, rows_t[i:i + 1024], device).cpu()
-                           for i in range(0, len(rows_t), 1024)])
-    prior = F.cross_entropy(pairs["event_prior"][rows_t], pairs["events"][rows_t], reduction="none")
+    corrected_logits = torch.cat([pairs["event_prior"][rows_t[i:i + 1024]]
+                                  + inputs.event_correction(model, rows_t[i:i + 1024], device).cpu()
+                                  for i in range(0, len(rows_t), 1024)])
     model.train()
+    prior_logits, events, served = pairs["event_prior"][rows_t], pairs["events"][rows_t], pairs["served"][rows_t]
+    serve_events = model.config.get("serve_events", [])
+    prior, corrected = (event_nll(logits, events, served, serve_events) for logits in (prior_logits, corrected_logits))
     actions = pairs["actions"][rows_t]
     result = {"prior_nll": float(prior.mean()), "corrected_nll": float(corrected.mean()), "per_action": {}}
     for action, name in enumerate(names):
         mask = actions == action
-        if mask.any():
-            result["per_action"][name] = {"count": int(mask.sum()), "prior_nll": round(float(prior[mask].mean()), 4),
-                                          "corrected_nll": round(float(corrected[mask].mean()), 4)}
+        if not mask.any():
+            continue
+        row = {"count": int(mask.sum()), "prior_nll": round(float(prior[mask].mean()), 4),
+               "corrected_nll": round(float(corrected[mask].mean()), 4)}
+        waiting = mask & (served >= 0)
+        if waiting.any() and serve_events:
+            row["without_ball"] = {
+                "count": int(waiting.sum()), "served": round(float((served[waiting] == 1).float().mean()), 4),
+                **{f"{side}_serve_probability": round(float(logits[waiting].softmax(-1)[:, serve_events].sum(-1).mean()), 4)
+                   for side, logits in (("prior", prior_logits), ("corrected", corrected_logits))}}
+        result["per_action"][name] = row
     return result
 
 
@@ -276,6 +288,11 @@ def print_report(metrics: dict, names: list[str]) -> None:
               f"map's correction: {events['prior_nll']:.3f} -> {events['corrected_nll']:.3f}; "
               + ", ".join(f"{name} {row['prior_nll']:.3f} -> {row['corrected_nll']:.3f}"
                           for name, row in events["per_action"].items()))
+        waiting = {name: row["without_ball"] for name, row in events["per_action"].items() if "without_ball" in row}
+        if waiting:
+            print("  without a ball in play, served / serve probability under the prior -> with the correction: "
+                  + ", ".join(f"{name} {w['served']:.2f} / {w['prior_serve_probability']:.2f} -> "
+                              f"{w['corrected_serve_probability']:.2f}" for name, w in waiting.items()))
     for name, row in report["per_action"].items():
         worst = sorted(((n, t, p) for t, preds in row["confusion_true_to_predicted"].items()
                         for p, n in preds.items() if p != t), reverse=True)[:3]

@@ -43,7 +43,20 @@ def load_pairs(data_dir: str | Path, checkpoint_root: str | Path) -> dict:
         if "since_ball" not in pairs[0]:
             raise UserError(f"{pairs_path(data_dir)} was written by an older Stage 4: re-run {PAIRS_STAGE}")
         loaded["since_ball"] = torch.tensor([p["since_ball"] for p in pairs], dtype=torch.int64)
+        loaded["served"] = served(pairs)
     return loaded
+
+
+def served(pairs: list[dict]) -> torch.Tensor:
+    """(N,) int64 per pair: 1 where its last past frame shows no ball in play and its next frame does (a
+    serve), 0 where the next frame shows none either, -1 where the past frame shows one or the next frame
+    has no pair (the game's end). Ball in play as Stage 4 counts it (since_ball 0)."""
+    since = {(p["level"], p["episode"], p["frame"]): p["since_ball"] for p in pairs}
+    out = []
+    for p in pairs:
+        after = since.get((p["level"], p["episode"], p["frame"] + 1))
+        out.append(-1 if p["since_ball"] == 0 or after is None else int(after == 0))
+    return torch.tensor(out, dtype=torch.int64)
 
 
 def load_frame_views(data_dir: str | Path, pairs: dict, k: int, frames_used: int) -> tuple[torch.Tensor, torch.Tensor]:

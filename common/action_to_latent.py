@@ -311,3 +311,22 @@ def transition_metrics(predicted: torch.Tensor, target: torch.Tensor, actions: t
 def cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over every latent position: logits (B,P,C), codes (B,P)."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+
+
+def event_nll(logits: torch.Tensor, events: torch.Tensor, served: torch.Tensor | None = None,
+              serve_events: Sequence[int] = ()) -> torch.Tensor:
+    """Per row, the negative log-likelihood of what the transition showed under event logits (B, classes):
+    the event class (B,) the latent model inferred, except where no ball was in play (served (B,) >= 0), where
+    it is what happened instead, the serve classes together when a ball came next (served 1) and the others
+    when none came (0).
+
+    Why: the inferred class of such a step serves only most of the time (Stage 4's shares), and its other
+    transitions, trained as they are labelled, teach the event head to serve without FIRE."""
+    loss = F.cross_entropy(logits, events, reduction="none")
+    if served is None or not len(serve_events):
+        return loss
+    is_serve = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    is_serve[list(serve_events)] = True
+    happened = torch.where(served[:, None] == 1, is_serve[None], ~is_serve[None])
+    outcome = -torch.logsumexp(torch.log_softmax(logits.float(), -1).masked_fill(~happened, float("-inf")), -1)
+    return torch.where(served >= 0, outcome, loss)

@@ -5,8 +5,11 @@ The agent sees exactly what it trained on (gymnasium's AtariPreprocessing: frame
 the recorder keeps the emulator's native 210x160 RGB screen after every agent step. Sticky actions
 are always off here, so the recorded action is exactly the one the emulator applied.
 
-FIRE is pressed at the start of a game and after every lost life (the agent's training env fires on
-reset; a greedy agent would otherwise wait forever). Those forced FIREs are recorded like any action.
+For the DQN agent FIRE is pressed at the start of a game and after every lost life (its training env
+fires on reset; a greedy agent would otherwise wait forever); those forced FIREs are recorded like any
+action. The random player is left to serve when its own draw is FIRE, so the data shows that the other
+keys serve no ball: with every game and life started by FIRE, the world model and the map would learn that
+a serve follows whatever the key.
 """
 from __future__ import annotations
 
@@ -169,7 +172,8 @@ def record_episode(job: dict) -> dict:
     pngs = _cached("png_writer", PngWriter)
     pngs.write(tmp_dir / frame_name(0), frame)
     actions, rewards, lives = [], [], [int(info["lives"])]
-    score, random_steps, need_fire, truncated = 0.0, 0, fire is not None, False
+    forces_fire = fire is not None and policy is not None
+    score, random_steps, need_fire, truncated = 0.0, 0, forces_fire, False
     try:
         while True:
             if need_fire:
@@ -187,7 +191,7 @@ def record_episode(job: dict) -> dict:
             actions.append(action)
             rewards.append(float(reward))
             score += float(reward)
-            need_fire = fire is not None and int(info["lives"]) < lives[-1]
+            need_fire = forces_fire and int(info["lives"]) < lives[-1]
             lives.append(int(info["lives"]))
             pngs.write(tmp_dir / frame_name(len(actions)), frame)
             if terminated or env_truncated or len(actions) >= job["max_steps"]:

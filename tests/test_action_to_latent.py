@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from common import paths
-from common.action_to_latent import (KNOB_TURN_PER_FRAME, VIEW_SIZE, ActionToLatent, cross_entropy, frame_view,
-                                     knob_positions, load_action_to_latent, past_frame_indices, previous_action_rows)
+from common.action_to_latent import (KNOB_TURN_PER_FRAME, VIEW_SIZE, ActionToLatent, cross_entropy, event_nll,
+                                     frame_view, knob_positions, load_action_to_latent, past_frame_indices,
+                                     previous_action_rows)
 from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,12 +84,14 @@ def test_frames_variant_learns_a_state_dependent_mapping(one_thread):
 
 
 def fit_event_head(model: ActionToLatent, actions: torch.Tensor, views: torch.Tensor, prior: torch.Tensor,
-                   events: torch.Tensor, steps: int, since_ball: torch.Tensor | None = None) -> None:
-    """Adam on the cross-entropy of prior + the head's correction against the events, as Stage 5 trains it."""
+                   events: torch.Tensor, steps: int, since_ball: torch.Tensor | None = None,
+                   served: torch.Tensor | None = None, serve_events: tuple[int, ...] = ()) -> None:
+    """Adam on event_nll of prior + the head's correction, as Stage 5 trains it."""
     since_ball = torch.zeros(len(actions), dtype=torch.int64) if since_ball is None else since_ball
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(steps):
-        loss = F.cross_entropy(prior + model.event_correction_from_views(actions, views, prior, since_ball), events)
+        logits = prior + model.event_correction_from_views(actions, views, prior, since_ball)
+        loss = event_nll(logits, events, served, serve_events).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -149,6 +151,39 @@ def test_the_event_head_reads_the_steps_since_the_ball_left():
     fit_event_head(model, actions, model.views_from_past(past), prior, events, 300, since_ball)
     probs = torch.softmax(prior + model.eval().event_correction(actions, past, prior, since_ball), -1)
     assert probs[torch.arange(n), events].min() > 0.9
+
+
+def test_without_a_ball_the_head_learns_what_happened_not_the_inferred_class(one_thread):
+    """The class the latent model infers for a step without a ball serves only most of the time: here it is
+    the serve class on every such step, but a ball came only after FIRE. Trained on the class the head
+    serves whatever the key; trained on what happened (a serve or not), it serves on FIRE alone."""
+    torch.manual_seed(0)
+    n, serve = 512, 5
+    past = torch.zeros(n, 1, 210, 160, 3, dtype=torch.uint8)   # no ball, every view the same
+    actions = torch.randint(0, 4, (n,))
+    events = torch.full((n,), serve)
+    served = (actions == 1).long()
+    prior = torch.log_softmax(torch.zeros(n, 16), -1)
+    serve_probability = {}
+    for name, outcome in (("class", None), ("what happened", served)):
+        torch.manual_seed(0)
+        model = ActionToLatent(tiny_config("frames", context_frames=1, frames_used=1, event_classes=16))
+        fit_event_head(model, actions, model.views_from_past(past), prior, events, 200, served=outcome,
+                       serve_events=(serve,))
+        correction = model.eval().event_correction(actions, past, prior, torch.zeros(n, dtype=torch.int64))
+        serve_probability[name] = torch.softmax(prior + correction, -1)[:, serve]
+    assert serve_probability["class"][actions != 1].min() > 0.9                 # serves without FIRE
+    assert serve_probability["what happened"][actions == 1].min() > 0.9
+    assert serve_probability["what happened"][actions != 1].max() < 0.1
+
+
+def test_a_pair_served_when_its_next_frame_brings_a_ball_after_none():
+    from common.action_pairs import served
+
+    since = [15, 15, 0, 0, 1, 2, 0]
+    pairs = [{"level": 0, "episode": 0, "frame": f, "since_ball": s} for f, s in enumerate(since)]
+    pairs.append({"level": 1, "episode": 0, "frame": 0, "since_ball": 15})    # another game, and its last pair
+    assert served(pairs).tolist() == [0, 1, -1, -1, 0, 1, -1, -1]
 
 
 def test_steps_since_ball_count_from_the_last_ball_and_stop_at_the_cap():
