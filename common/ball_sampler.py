@@ -24,8 +24,10 @@ steps where the ball was lost, the decoder had put a median of 0.2 ball of mass 
 
 At the paddle the ball may come back or be missed, and the step's random event says which: a ball
 just above the paddle stays in play when the event is one of the classes that send it back (Stage 4
-finds them in the data), placed the same way within reach; after any other class the expected count
-decides, as anywhere else.
+finds them in the data) and the paddle is within reach of it, placed the same way within reach; after
+any other class, or with the paddle too far away, the expected count decides, as anywhere else. In the
+emulator the ball came back off the paddle only from within 23 px of the paddle's centre (241 returns);
+without the paddle's reach the event sent balls back from bare floor.
 
 A serve serves: when the step's random event is one of the classes that serve (Stage 4 finds them in the
 data) and the previous frame had no ball in play, the next frame shows one, at a peak of the model's
@@ -34,6 +36,11 @@ only 0.2-0.57 of a ball after a lost life (part5.md): it knows a ball comes, not
 
 The committer works on the rows above the paddle: the paddle has the ball's colour, so a ball touching
 it is found on its own there, and what happens beside and below the paddle is left to the decoder.
+
+The paddle stays too (commit_paddle): where the ball met the paddle the decoder sometimes smeared the
+paddle into specks, and a frame without one is fed back, so the paddle never came back (2 of 8 neural
+games of 300 steps lost it for good). A frame whose paddle rows show none of the paddle's colour gets a
+whole paddle where that colour's probability peaks, or where the previous frame had it.
 """
 from __future__ import annotations
 
@@ -44,14 +51,15 @@ import torch.nn.functional as F
 
 from typing import Callable
 
-from common.detectors import (BALL_MAX_H, BALL_MAX_W, BRICK_H, BRICK_ROWS, BRICK_TOP, PADDLE_ROWS,
-                              PLAY_LEFT, PLAY_RIGHT, PLAY_TOP)
+from common.detectors import (BALL_MAX_H, BALL_MAX_W, BRICK_H, BRICK_ROWS, BRICK_TOP, PADDLE_ROWS, PADDLE_WIDTH,
+                              PLAY_LEFT, PLAY_RIGHT, PLAY_TOP, paddle_centre)
 
 BALL_H, BALL_W = 4, 2           # the ball as the emulator draws it at frame skip 4
 BALL_AREA = BALL_H * BALL_W
 WHOLE_BALL_PX = 6               # a red blob of ball size with at least this many pixels is a ball
 MASS_FLOOR = 0.02               # ball-colour probabilities below this are noise, not a possible ball
 STEP_REACH = 16                 # pixels a ball can move in one agent step (4 frames), with margin
+PADDLE_REACH = PADDLE_WIDTH // 2 + STEP_REACH   # ball centre to paddle centre, in x, for the paddle to send it back
 # a ball whose top row is in these rows is still in play a step later (from the top wall, among the bricks)
 FLIGHT_ROWS = (PLAY_TOP, PADDLE_ROWS.start - STEP_REACH)
 BELOW_BRICKS = slice(BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start)   # where a ball in play is, bar one among the bricks
@@ -109,12 +117,19 @@ def _distance(mask: np.ndarray, place: tuple[int, int] | None) -> float:
     return float(np.hypot(y - place[0], x - place[1]))
 
 
+def _paddle_within_reach(frame: np.ndarray, ball_class: int, ball_x: float) -> bool:
+    """Whether the paddle of a (210, 160) frame of colour classes is within PADDLE_REACH of a ball's centre x."""
+    paddle = paddle_centre(frame[PADDLE_ROWS, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class)
+    return paddle is not None and abs(ball_x - paddle) <= PADDLE_REACH
+
+
 def balls_to_keep(classes: torch.Tensor, ball_class: int, events: torch.Tensor | None = None,
                   keep_events: torch.Tensor | None = None, in_flight: bool = True,
                   at_paddle: bool = True) -> list[tuple[int, int] | None]:
     """For the previous frames (B, 210, 160) of colour classes: the (row, column) of the top-left pixel of
     the one whole ball that the next frames keep, or None. A ball in FLIGHT_ROWS is kept (in_flight); a ball
-    in AT_PADDLE is kept when the step's event class (events (B,)) is one of keep_events (at_paddle)."""
+    in AT_PADDLE is kept when the step's event class (events (B,)) is one of keep_events and the paddle is
+    within PADDLE_REACH of it (at_paddle)."""
     found = []
     for b, frame in enumerate(classes.numpy()):
         area = frame[ABOVE_PADDLE, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class
@@ -125,7 +140,8 @@ def balls_to_keep(classes: torch.Tensor, ball_class: int, events: torch.Tensor |
             top = y + PLAY_TOP
             flying = in_flight and FLIGHT_ROWS[0] <= top < FLIGHT_ROWS[1]
             sent_back = (at_paddle and top >= AT_PADDLE.start and events is not None and keep_events is not None
-                         and bool(torch.isin(events[b:b + 1].cpu(), keep_events)))
+                         and bool(torch.isin(events[b:b + 1].cpu(), keep_events))
+                         and _paddle_within_reach(frame, ball_class, x + PLAY_LEFT + (BALL_W - 1) / 2))
             place = (top, x + PLAY_LEFT) if flying or sent_back else None
         found.append(place)
     return found
@@ -190,4 +206,28 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
             corner = int(torch.multinomial(weights / weights.sum(), 1, generator=generator))
         y, x = divmod(corner, placement.shape[1])
         area[y:y + BALL_H, x:x + BALL_W] = ball_class
+    return out
+
+
+def commit_paddle(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor], ball_class: int,
+                  previous: torch.Tensor) -> torch.Tensor:
+    """classes (B, 210, 160) frames after commit_ball, ball_prob(b) the ball colour's (= the paddle's)
+    probability in frame b, previous (B, 210, 160) the frames before -> the frames with a whole paddle
+    drawn where none is left (a copy; frames that show any paddle are left alone)."""
+    out = classes.clone()
+    cols = slice(PLAY_LEFT, PLAY_RIGHT + 1)
+    for b in range(len(classes)):
+        if bool((out[b, PADDLE_ROWS, cols] == ball_class).any()):
+            continue
+        mass = ball_prob(b)[PADDLE_ROWS, cols].float().sum(0)                       # per column
+        window = F.avg_pool1d(mass[None, None], PADDLE_WIDTH, stride=1)[0, 0] * PADDLE_WIDTH   # per left edge
+        if float(window.max()) >= PADDLE_WIDTH / 2:         # the decoder half-drew a paddle there
+            left = int(window.argmax()) + PLAY_LEFT
+        else:
+            centre = paddle_centre((previous[b, PADDLE_ROWS, cols] == ball_class).numpy())
+            if centre is None:
+                continue
+            left = int(round(centre - (PADDLE_WIDTH - 1) / 2))
+        left = min(max(left, PLAY_LEFT), PLAY_RIGHT + 1 - PADDLE_WIDTH)
+        out[b, PADDLE_ROWS, left:left + PADDLE_WIDTH] = ball_class
     return out

@@ -47,7 +47,12 @@ def _red(region: np.ndarray) -> np.ndarray:
 
 def paddle_x(frame: np.ndarray) -> float | None:
     """Centre x of the paddle in native pixels, or None when no paddle is drawn."""
-    columns = np.flatnonzero(_red(frame[PADDLE_ROWS, PLAY_LEFT:PLAY_RIGHT + 1]).any(axis=0)) + PLAY_LEFT
+    return paddle_centre(_red(frame[PADDLE_ROWS, PLAY_LEFT:PLAY_RIGHT + 1]))
+
+
+def paddle_centre(paddle_colour: np.ndarray) -> float | None:
+    """paddle_x from a (paddle rows, play-area columns) bool mask of the paddle's colour (RGB or classes)."""
+    columns = np.flatnonzero(paddle_colour.any(axis=0)) + PLAY_LEFT
     if columns.size == 0:
         return None
     runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)  # a ball passing by is a separate run

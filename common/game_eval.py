@@ -19,9 +19,11 @@ The measures, neural game beside the emulator:
   also teacher-forced, with the random events the latent model infers from the emulator's frames;
 - ball within 4 px (Euclidean; absent in both = match) on the same windows, up to the emulator's
   first random event: before it the frames determine where the ball goes, after it they do not;
-- long play: the ball-following policy plays each game closed loop on its own frames: steps with
-  exactly one ball, serves, bricks broken and bricks back, lives lost and score gained (read from the
-  digits), and digit changes with no brick broken and no ball lost just before.
+- long play: the ball-following policy plays each game closed loop on its own frames (and again a player
+  pressing random keys, who misses most balls: the neural game must lose and serve balls as often): steps with
+  exactly one ball, serves, bricks broken and bricks back, balls sent back up where the paddle was out
+  of reach (the emulator: never), steps without a paddle, lives lost and score gained (read from the digits), and digit changes
+  with no brick broken and no ball lost just before.
 
 A random event is what the world model samples rather than reads off the frames: a serve (a ball
 where none was in play) or a change of the ball's direction (the sign of its x or y step flips),
@@ -39,6 +41,7 @@ from tqdm import tqdm
 from common.action_to_latent import knob_positions, previous_action_rows
 from common.control_eval import ball_match
 from common.dataset import FIRE, LEFT, NOOP, RIGHT
+from common.ball_sampler import AT_PADDLE, PADDLE_REACH
 from common.detectors import (PLAY_LEFT, PLAY_RIGHT, ball_count, ball_xy, brick_mask, digits, lives, paddle_x,
                               ram_positions, score)
 from common.recorder import make_env
@@ -336,9 +339,24 @@ def _recent(happened: np.ndarray, lag: int) -> np.ndarray:
     return np.array([happened[max(0, t - lag):t + 1].any() for t in range(len(happened))], bool)
 
 
+def returns_without_paddle(balls: Sequence[tuple[float, float] | None], paddles: Sequence[float | None]) -> int:
+    """Steps on which a ball falling to the paddle's height (from AT_PADDLE down) went back up although the
+    paddle's centre was farther than PADDLE_REACH from it: a bounce off bare floor. Ball centres (x, y) and
+    paddle centres per frame, None where not seen."""
+    count = 0
+    for before, ball, after, paddle in zip(balls, balls[1:], balls[2:], paddles[1:]):
+        if None in (before, ball, after) or ball[1] - 2 < AT_PADDLE.start:
+            continue
+        falling_then_rising = before[1] < ball[1] > after[1]
+        if falling_then_rising and (paddle is None or abs(ball[0] - paddle) > PADDLE_REACH):
+            count += 1
+    return count
+
+
 def game_stats(frames: Sequence[np.ndarray]) -> dict[str, Any]:
     """Game-level counts over a played game, read off its frames; frames[0] is the start frame."""
     balls = [(ball_count(f), ball_xy(f)) for f in frames]
+    paddles = [paddle_x(f) for f in frames]
     in_play = np.array([count >= 1 for count, _ in balls])
     serves = sum(1 for t in range(1, len(frames)) if in_play[t] and not in_play[max(0, t - SERVE_GAP):t].any()
                  and SERVE_ROWS[0] <= balls[t][1][1] <= SERVE_ROWS[1])
@@ -356,6 +374,8 @@ def game_stats(frames: Sequence[np.ndarray]) -> dict[str, Any]:
         "serves": serves,
         "bricks_broken": int(broken.sum()),
         "bricks_back": int(back.sum()),
+        "returns_without_paddle": returns_without_paddle([xy for _, xy in balls], paddles),
+        "steps_without_paddle": sum(p is None for p in paddles[1:]),
         "lives_lost": None if None in (lives_first, lives_last) else lives_first - lives_last,
         "score_gained": None if None in (score_first, score_last) else score_last - score_first,
         "digit_changes_without_cause": int((changed & ~cause).sum()),
@@ -372,8 +392,9 @@ def total_stats(games: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def long_play(game: Any, emulator: Emulator, starts: Sequence[Start], steps: int = 400, seed: int = 0,
-              event_temperature: float = 1.0) -> dict[str, Any]:
-    """The ball-following policy plays `steps` steps from each start in both games, each on its own frames.
+              event_temperature: float = 1.0, random_share: float = RANDOM_SHARE) -> dict[str, Any]:
+    """The ball-following policy plays `steps` steps from each start in both games, each on its own frames;
+    random_share 1 is a player pressing random keys, who misses most balls.
 
     The emulator's game stops early when it is over (its last lost life never shows on the lives
     digit); the neural game has no end.
@@ -383,10 +404,10 @@ def long_play(game: Any, emulator: Emulator, starts: Sequence[Start], steps: int
         game.reset(start.frames, start.actions)
         rng = np.random.default_rng([seed, 4, n])
         neural = _play(lambda a: game.step(a, temperature=0.0, event_temperature=event_temperature),
-                       start.frames[-1], steps, lambda frame: follow_ball(frame, rng))
+                       start.frames[-1], steps, lambda frame: follow_ball(frame, rng, random_share))
         rng = np.random.default_rng([seed, 4, n])  # the same draws for the emulator's game
         emulator.restore(start)
-        real = _play(emulator.step, start.frames[-1], steps, lambda frame: follow_ball(frame, rng),
+        real = _play(emulator.step, start.frames[-1], steps, lambda frame: follow_ball(frame, rng, random_share),
                      lambda: emulator.over)
         per_game.append({"neural": game_stats([start.frames[-1], *neural]),
                          "emulator": game_stats([start.frames[-1], *real])})
@@ -440,6 +461,8 @@ def evaluate_game(game: Any, starts: dict[str, list[Start]] | None = None, n_sta
         "serve": serve,
         "ball_in_play": in_play,
         "long_play": long_play(game, emulator, starts["game_start"][:games], game_steps, seed, event_temperature),
+        "random_keys": long_play(game, emulator, starts["game_start"][:games], game_steps, seed, event_temperature,
+                                 random_share=1.0),
         "rules": "a ball in play: a ball-sized red blob in the play area (exactly one for 'one ball'); serve: FIRE "
                  "then 9 NOOPs, served x in 8 bins over columns 8-151; ball within 4 px: Euclidean, absent in "
                  "both = match, before the emulator's first random event (a serve or a flip of the ball's x or "
@@ -466,11 +489,16 @@ def game_headline(measures: dict) -> dict:
         "long_play_one_ball_share": long_play["neural"]["one_ball_share"],
         "long_play_one_ball_share_emulator": long_play["emulator"]["one_ball_share"],
         "long_play_bricks_back": long_play["neural"]["bricks_back"],
+        "long_play_returns_without_paddle": long_play["neural"]["returns_without_paddle"],
+        "long_play_steps_without_paddle": long_play["neural"]["steps_without_paddle"],
+        "random_keys_serves_per_100_steps": serves_per_100_steps(measures["random_keys"]["total"]["neural"]),
+        "random_keys_serves_per_100_steps_emulator": serves_per_100_steps(measures["random_keys"]["total"]["emulator"]),
+        "random_keys_returns_without_paddle": measures["random_keys"]["total"]["neural"]["returns_without_paddle"],
     }
 
 
 def print_game_measures(measures: dict) -> None:
-    serve, in_play, games = measures["serve"], measures["ball_in_play"], measures["long_play"]
+    serve, in_play = measures["serve"], measures["ball_in_play"]
     for kind in ("game_start", "after_lost_life"):
         s = serve[kind]
         print(f"serve ({kind.replace('_', ' ')}, {s['starts']} emulator states, FIRE then NOOPs): ball within 10 "
@@ -487,9 +515,22 @@ def print_game_measures(measures: dict) -> None:
                   f"ball kept {percent(scores['ball_kept_when_emulator_ball'])}, within 4 px before the first "
                   f"random event {percent(scores['ball_within_4px_before_first_event'])} (overall "
                   f"{percent(scores['ball_within_4px'])})")
-    for side in ("neural", "emulator"):
-        total = games["total"][side]
-        print(f"long play, {games['games']} games of {games['steps']} steps, {side}: one ball in play "
-              f"{percent(total['one_ball_share'])}, serves {total['serves']}, bricks broken "
-              f"{total['bricks_broken']}, bricks back {total['bricks_back']}, lives lost {total['lives_lost']}, "
-              f"score {total['score_gained']}, digit changes without cause {total['digit_changes_without_cause']}")
+    for policy, games in (("long play", measures["long_play"]), ("random keys", measures["random_keys"])):
+        for side in ("neural", "emulator"):
+            print_long_play(policy, games, side)
+
+
+def serves_per_100_steps(total: dict) -> float | None:
+    """Serves per 100 steps played: the emulator's games can end early, the neural game's never do."""
+    return 100.0 * total["serves"] / total["steps"] if total["steps"] else None
+
+
+def print_long_play(policy: str, games: dict, side: str) -> None:
+    total = games["total"][side]
+    rate = serves_per_100_steps(total)
+    print(f"{policy}, {games['games']} games of {games['steps']} steps, {side}: one ball in play "
+          f"{percent(total['one_ball_share'])}, serves {total['serves']} ({'n/a' if rate is None else f'{rate:.1f}'} "
+          f"per 100 steps), bricks broken {total['bricks_broken']}, bricks back {total['bricks_back']}, sent back "
+          f"without the paddle {total['returns_without_paddle']}, steps without a paddle "
+          f"{total['steps_without_paddle']}, lives lost {total['lives_lost']}, "
+          f"score {total['score_gained']}, digit changes without cause {total['digit_changes_without_cause']}")

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from common.action_to_latent import KNOB_START, knob_positions
-from common.ball_sampler import SINCE_BALL_CAP, ball_in_play, balls_to_keep, commit_ball, count_since_ball
+from common.ball_sampler import (SINCE_BALL_CAP, ball_in_play, balls_to_keep, commit_ball, commit_paddle,
+                                  count_since_ball)
 from common.dataset import ACTION_NAMES, FRAME_SHAPE
 from common.detectors import RED
 
@@ -249,7 +250,8 @@ class NeuralBreakout:
         """(RGB (B, 210, 160, 3) uint8, class indices (B, 210, 160) uint8) of the next frame.
 
         With an event_temperature (play) the ball is committed as one object (common/ball_sampler.py)
-        with the game's generator; without, the frame is the decoder's per-pixel most likely colours."""
+        with the game's generator, and a paddle the decoder dropped is drawn whole again; without, the
+        frame is the decoder's per-pixel most likely colours."""
         model = self.latent_model
         device = model.vq.codebook.device
         commit = event_temperature is not None and self.ball_class is not None
@@ -263,9 +265,11 @@ class NeuralBreakout:
                 serve = None
                 if events is not None and len(self.serve_events):
                     serve = (torch.isin(events.cpu(), self.serve_events) & ~ball_in_play(last, self.ball_class)).tolist()
-                index = commit_ball(index.cpu(), lambda b: model.colour_probability(logits[b:b + 1],
-                                                                                    self.ball_class)[0].cpu(),
-                                    self.ball_class, self.background_class, event_temperature,
-                                    self.generator, keep, serve).to(device)
+                def ball_prob(b: int) -> torch.Tensor:
+                    return model.colour_probability(logits[b:b + 1], self.ball_class)[0].cpu()
+
+                index = commit_ball(index.cpu(), ball_prob, self.ball_class, self.background_class,
+                                    event_temperature, self.generator, keep, serve)
+                index = commit_paddle(index, ball_prob, self.ball_class, last).to(device)
             rgb = self.palette.index_select(0, index.reshape(-1).long()).view(*index.shape, 3)
         return rgb.cpu(), index.cpu()

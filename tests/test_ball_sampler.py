@@ -141,8 +141,8 @@ def test_ball_in_play_looks_between_the_bricks_and_the_paddle():
 
 
 def test_a_ball_at_the_paddle_is_kept_when_the_random_event_sends_it_back():
-    """Just above the paddle the ball may come back or be missed: the event class decides, and a ball
-    touching the paddle (which has the ball's colour) is still found on its own."""
+    """Just above the paddle the ball may come back or be missed: the event class decides where the paddle
+    can reach the ball, and a ball touching the paddle (which has the ball's colour) is still found on its own."""
     from common.ball_sampler import balls_to_keep
 
     last = torch.zeros(2, 210, 160, dtype=torch.uint8)
@@ -152,6 +152,13 @@ def test_a_ball_at_the_paddle_is_kept_when_the_random_event_sends_it_back():
     assert balls_to_keep(last, BALL, other, back) == [(185, 56), None]
     assert balls_to_keep(last, BALL, other, back, at_paddle=False) == [None, None]
     assert balls_to_keep(last, BALL) == [None, None]                   # no events: the expected count decides
+    far = last[:1].clone()
+    far[0, 189:193] = BLACK
+    far[0, 189:193, 80:96] = BALL                    # the paddle 31 px from the ball's centre: out of reach
+    assert balls_to_keep(far, BALL, back, back) == [None]
+    far[0, 189:193] = BLACK
+    far[0, 189:193, 72:88] = BALL                    # 23 px: as far as the emulator's paddle sent a ball back
+    assert balls_to_keep(far, BALL, back, back) == [(185, 56)]
     classes = last[:1].clone()
     classes[0, 185:189, 56:58] = BLACK               # the decoder lost the ball ...
     prob = torch.zeros(1, 210, 160)
@@ -161,3 +168,20 @@ def test_a_ball_at_the_paddle_is_kept_when_the_random_event_sends_it_back():
                           [(185, 56)])[0])
     assert ball_count(out) == 1 and ball_xy(out) == (52.5, 179.5)
     assert (out[189:193] == rgb(classes[0])[189:193]).all()             # the paddle rows are left alone
+
+
+def test_a_paddle_the_decoder_dropped_is_drawn_whole_where_its_colour_peaks_or_where_it_was():
+    from common.ball_sampler import commit_paddle
+
+    previous = torch.zeros(3, 210, 160, dtype=torch.uint8)
+    previous[:, 189:193, 40:56] = BALL                 # the paddle one step before
+    classes = torch.zeros(3, 210, 160, dtype=torch.uint8)
+    classes[2, 189:193, 90:106] = BALL                 # frame 2 shows its paddle: left alone
+    prob = torch.zeros(3, 210, 160)
+    prob[0, 189:193, 60:76] = 0.4                      # frame 0: the decoder's paddle too faint to win the argmax
+    prob[1, 189:193, 100:104] = 0.1                    # frame 1: no paddle to speak of: where it was
+    out = commit_paddle(classes, prob.__getitem__, BALL, previous)
+    assert (out[0, 189:193] == BALL).nonzero()[:, 1].unique().tolist() == list(range(60, 76))
+    assert (out[1, 189:193] == BALL).nonzero()[:, 1].unique().tolist() == list(range(40, 56))
+    assert torch.equal(out[2], classes[2]) and torch.equal(classes[0], torch.zeros(210, 160, dtype=torch.uint8))
+    assert (out[0, :189] == 0).all() and (out[0, 193:] == 0).all()     # nothing drawn outside the paddle rows

@@ -155,7 +155,19 @@ def test_game_stats_of_an_emulator_game_played_to_its_end():
     stats = game_stats(emulator.frames)
     assert stats["serves"] == 5 and stats["lives_lost"] == 4  # the game ends before the last loss is drawn
     assert stats["bricks_back"] == 0 and stats["digit_changes_without_cause"] == 0
+    assert stats["returns_without_paddle"] == stats["steps_without_paddle"] == 0
     assert stats["score_gained"] == ram_score(emulator.rams[-1]) > 0
+
+
+def test_a_ball_sent_back_up_from_bare_floor_is_counted():
+    from common.game_eval import returns_without_paddle
+
+    falling, low, rising = (60.0, 170.0), (60.0, 180.0), (64.0, 172.0)
+    assert returns_without_paddle([falling, low, rising], [None, 62.0, None]) == 0    # the paddle under it
+    assert returns_without_paddle([falling, low, rising], [None, 100.0, None]) == 1   # 40 px away
+    assert returns_without_paddle([falling, low, (60.0, 190.0)], [None, 100.0, None]) == 0   # missed, as it should
+    assert returns_without_paddle([falling, None, rising], [None, 100.0, None]) == 0  # not seen at the paddle
+    assert returns_without_paddle([falling, (60.0, 200.0), rising], [None, 100.0, None]) == 1  # off the floor
 
 
 def test_a_perfect_model_scores_like_the_emulator(perfect):
@@ -178,9 +190,17 @@ def test_a_perfect_model_scores_like_the_emulator(perfect):
     for game in perfect["long_play"]["per_game"]:
         assert game["neural"] == game["emulator"]
         emulator = game["emulator"]
-        assert emulator["steps"] == 150 and emulator["bricks_back"] == 0
+        assert emulator["steps"] == 150 and emulator["bricks_back"] == 0 and emulator["returns_without_paddle"] == 0
         assert emulator["digit_changes_without_cause"] == 0
         assert emulator["serves"] in (emulator["lives_lost"], emulator["lives_lost"] + 1)
+    # random keys: the emulator's game played the same way, until it is over (the neural game has no end),
+    # up to the frame-keyed states, which random keys in front of a waiting game can confuse for a step
+    for game in perfect["random_keys"]["per_game"]:
+        neural, emulator = game["neural"], game["emulator"]
+        assert emulator["returns_without_paddle"] == neural["returns_without_paddle"] == 0
+        assert emulator["serves"] >= 1 and neural["serves"] >= emulator["serves"] - 1
+        if emulator["steps"] == neural["steps"]:
+            assert neural["one_ball_share"] == pytest.approx(emulator["one_ball_share"], abs=0.02)
     total = perfect["long_play"]["total"]["emulator"]
     assert total["bricks_broken"] > 0 and total["score_gained"] > 0 and total["serves"] >= 2
 
@@ -194,5 +214,6 @@ def test_a_model_without_a_ball_never_serves_or_keeps_it(starts, perfect):
     for mode in ("open_loop", "teacher_forced"):
         assert result["ball_in_play"][mode]["ball_kept"] == 0.0
     assert result["ball_in_play"]["emulator"] == perfect["ball_in_play"]["emulator"]  # the emulator's side repeats
+    assert result["random_keys"]["total"]["neural"]["serves"] == 0
     neural = result["long_play"]["total"]["neural"]
     assert neural["one_ball_share"] == 0.0 and neural["serves"] == 0 and neural["bricks_back"] == 0
