@@ -47,15 +47,22 @@ def load_pairs(data_dir: str | Path, checkpoint_root: str | Path) -> dict:
     return loaded
 
 
+# A game waits for a serve only once its ball has been out of play this many steps: FIRE serves once the
+# lives digit has dropped, 4-5 steps after the ball left; a shorter gap is a ball among the bricks or
+# hidden by them, which comes back whatever the key (126 such "serves" after NOOP, LEFT or RIGHT in the
+# quick data; from 5 steps on, 752 of 753 serves followed FIRE).
+WAITING_STEPS = 5
+
+
 def served(pairs: list[dict]) -> torch.Tensor:
-    """(N,) int64 per pair: 1 where its last past frame shows no ball in play and its next frame does (a
-    serve), 0 where the next frame shows none either, -1 where the past frame shows one or the next frame
-    has no pair (the game's end). Ball in play as Stage 4 counts it (since_ball 0)."""
+    """(N,) int64 per pair: 1 where its game waits for a serve (no ball in play for WAITING_STEPS steps or
+    more) and its next frame shows a ball in play, 0 where the next frame shows none either, -1 where the
+    game is not waiting or the next frame has no pair (the game's end). Ball in play as Stage 4 counts it."""
     since = {(p["level"], p["episode"], p["frame"]): p["since_ball"] for p in pairs}
     out = []
     for p in pairs:
         after = since.get((p["level"], p["episode"], p["frame"] + 1))
-        out.append(-1 if p["since_ball"] == 0 or after is None else int(after == 0))
+        out.append(-1 if p["since_ball"] < WAITING_STEPS or after is None else int(after == 0))
     return torch.tensor(out, dtype=torch.int64)
 
 

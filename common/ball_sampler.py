@@ -26,7 +26,7 @@ At the paddle the ball may come back or be missed, and the step's random event s
 just above the paddle stays in play when the event is one of the classes that send it back (Stage 4
 finds them in the data) and the paddle is within reach of it, placed the same way within reach; after
 any other class, or with the paddle too far away, the expected count decides, as anywhere else. In the
-emulator the ball came back off the paddle only from within 23 px of the paddle's centre (241 returns);
+emulator the ball came back off the paddle only from within 23 px of the paddle's centre (242 returns);
 without the paddle's reach the event sent balls back from bare floor.
 
 A serve serves: when the step's random event is one of the classes that serve (Stage 4 finds them in the
@@ -221,7 +221,7 @@ def commit_paddle(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor
             continue
         mass = ball_prob(b)[PADDLE_ROWS, cols].float().sum(0)                       # per column
         window = F.avg_pool1d(mass[None, None], PADDLE_WIDTH, stride=1)[0, 0] * PADDLE_WIDTH   # per left edge
-        if float(window.max()) >= PADDLE_WIDTH / 2:         # the decoder half-drew a paddle there
+        if float(window.max()) >= PADDLE_WIDTH / 2:         # an eighth of a paddle's colour mass: a faint paddle
             left = int(window.argmax()) + PLAY_LEFT
         else:
             centre = paddle_centre((previous[b, PADDLE_ROWS, cols] == ball_class).numpy())

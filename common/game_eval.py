@@ -39,9 +39,9 @@ import torch
 from tqdm import tqdm
 
 from common.action_to_latent import knob_positions, previous_action_rows
+from common.ball_sampler import AT_PADDLE, PADDLE_REACH
 from common.control_eval import ball_match
 from common.dataset import FIRE, LEFT, NOOP, RIGHT
-from common.ball_sampler import AT_PADDLE, PADDLE_REACH
 from common.detectors import (PLAY_LEFT, PLAY_RIGHT, ball_count, ball_xy, brick_mask, digits, lives, paddle_x,
                               ram_positions, score)
 from common.recorder import make_env

@@ -80,6 +80,7 @@ class NeuralBreakout:
         self.generator = torch.Generator().manual_seed(seed)
         self.keep_ball_in_flight = True   # a ball between the bricks and the paddle stays in play (ball_sampler.py)
         self.keep_ball_at_paddle = True   # ... and one at the paddle, when the random event sends it back
+        self.keep_paddle = True           # a paddle the decoder dropped is drawn whole again
         # the random event classes that serve a ball and that send it back at the paddle (Stage 4), which
         # the game then draws for sure
         self.serve_events = torch.tensor(action_model.config.get("serve_events", []), dtype=torch.int64)
@@ -265,11 +266,14 @@ class NeuralBreakout:
                 serve = None
                 if events is not None and len(self.serve_events):
                     serve = (torch.isin(events.cpu(), self.serve_events) & ~ball_in_play(last, self.ball_class)).tolist()
+
                 def ball_prob(b: int) -> torch.Tensor:
                     return model.colour_probability(logits[b:b + 1], self.ball_class)[0].cpu()
 
                 index = commit_ball(index.cpu(), ball_prob, self.ball_class, self.background_class,
                                     event_temperature, self.generator, keep, serve)
-                index = commit_paddle(index, ball_prob, self.ball_class, last).to(device)
+                if self.keep_paddle:
+                    index = commit_paddle(index, ball_prob, self.ball_class, last)
+                index = index.to(device)
             rgb = self.palette.index_select(0, index.reshape(-1).long()).view(*index.shape, 3)
         return rgb.cpu(), index.cpu()

@@ -177,13 +177,14 @@ def test_without_a_ball_the_head_learns_what_happened_not_the_inferred_class(one
     assert serve_probability["what happened"][actions != 1].max() < 0.1
 
 
-def test_a_pair_served_when_its_next_frame_brings_a_ball_after_none():
+def test_a_pair_served_when_its_next_frame_brings_a_ball_to_a_waiting_game():
     from common.action_pairs import served
 
-    since = [15, 15, 0, 0, 1, 2, 0]
+    since = [15, 15, 0, 0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 0]
     pairs = [{"level": 0, "episode": 0, "frame": f, "since_ball": s} for f, s in enumerate(since)]
     pairs.append({"level": 1, "episode": 0, "frame": 0, "since_ball": 15})    # another game, and its last pair
-    assert served(pairs).tolist() == [0, 1, -1, -1, 0, 1, -1, -1]
+    # a ball back after 2 steps was among the bricks, not served; from 5 steps on the game waits for FIRE
+    assert served(pairs).tolist() == [0, 1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, -1, -1]
 
 
 def test_steps_since_ball_count_from_the_last_ball_and_stop_at_the_cap():
