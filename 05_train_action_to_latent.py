@@ -87,12 +87,17 @@ def evaluate(model, pairs, inputs: PairInputs, rows, device, names) -> dict:
     return metrics
 
 
+def event_logits(model: ActionToLatent, pairs: dict, inputs: PairInputs, rows: torch.Tensor,
+                 device: torch.device) -> torch.Tensor:
+    """The world model's prior plus the map's correction for the rows: the logits play draws events from."""
+    return pairs["event_prior"][rows].to(device) + inputs.event_correction(model, rows, device)
+
+
 def event_loss(model: ActionToLatent, pairs: dict, inputs: PairInputs, rows: torch.Tensor,
                device: torch.device) -> torch.Tensor:
     """event_nll of (prior + correction) on the rows, one value per row."""
-    logits = pairs["event_prior"][rows].to(device) + inputs.event_correction(model, rows, device)
-    return event_nll(logits, pairs["events"][rows].to(device), pairs["served"][rows].to(device),
-                     model.config.get("serve_events", []))
+    return event_nll(event_logits(model, pairs, inputs, rows, device), pairs["events"][rows].to(device),
+                     pairs["served"][rows].to(device), model.config.get("serve_events", []))
 
 
 @torch.no_grad()
@@ -103,8 +108,7 @@ def event_metrics(model: ActionToLatent, pairs: dict, inputs: PairInputs, rows: 
     that served beside the serve classes' mean probability under each: there the key decides."""
     model.eval()
     rows_t = torch.from_numpy(rows)
-    corrected_logits = torch.cat([pairs["event_prior"][rows_t[i:i + 1024]]
-                                  + inputs.event_correction(model, rows_t[i:i + 1024], device).cpu()
+    corrected_logits = torch.cat([event_logits(model, pairs, inputs, rows_t[i:i + 1024], device).cpu()
                                   for i in range(0, len(rows_t), 1024)])
     model.train()
     prior_logits, events, served = pairs["event_prior"][rows_t], pairs["events"][rows_t], pairs["served"][rows_t]

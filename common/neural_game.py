@@ -14,6 +14,7 @@ drive the model through this one object.
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,7 @@ class NeuralBreakout:
                 if events is not None and len(self.serve_events):
                     serve = (torch.isin(events.cpu(), self.serve_events) & ~ball_in_play(last, self.ball_class)).tolist()
 
+                @functools.cache   # commit_ball and commit_paddle may both ask for a frame
                 def ball_prob(b: int) -> torch.Tensor:
                     return model.colour_probability(logits[b:b + 1], self.ball_class)[0].cpu()
 
