@@ -26,7 +26,7 @@ At the paddle the ball may come back or be missed, and the step's random event s
 just above the paddle stays in play when the event is one of the classes that send it back (Stage 4
 finds them in the data) and the paddle is within reach of it, placed the same way within reach; after
 any other class, or with the paddle too far away, the expected count decides, as anywhere else. In the
-emulator the ball came back off the paddle only from within 23 px of the paddle's centre (242 returns);
+emulator the ball came back off the paddle from at most 20 px of the paddle's centre (bench/paddle_returns.py);
 without the paddle's reach the event sent balls back from bare floor.
 
 A serve serves: when the step's random event is one of the classes that serve (Stage 4 finds them in the

@@ -339,18 +339,22 @@ def _recent(happened: np.ndarray, lag: int) -> np.ndarray:
     return np.array([happened[max(0, t - lag):t + 1].any() for t in range(len(happened))], bool)
 
 
-def returns_without_paddle(balls: Sequence[tuple[float, float] | None], paddles: Sequence[float | None]) -> int:
-    """Steps on which a ball falling to the paddle's height (from AT_PADDLE down) went back up although the
-    paddle's centre was farther than PADDLE_REACH from it: a bounce off bare floor. Ball centres (x, y) and
-    paddle centres per frame, None where not seen."""
-    count = 0
+def paddle_returns(balls: Sequence[tuple[float, float] | None], paddles: Sequence[float | None]) -> list[float]:
+    """For every step on which a ball falling to the paddle's height (from AT_PADDLE down) went back up: the
+    x distance from the ball's centre to the paddle's (inf without a paddle). Ball centres (x, y) and paddle
+    centres per frame, None where not seen."""
+    distances = []
     for before, ball, after, paddle in zip(balls, balls[1:], balls[2:], paddles[1:]):
         if None in (before, ball, after) or ball[1] - 2 < AT_PADDLE.start:
             continue
-        falling_then_rising = before[1] < ball[1] > after[1]
-        if falling_then_rising and (paddle is None or abs(ball[0] - paddle) > PADDLE_REACH):
-            count += 1
-    return count
+        if before[1] < ball[1] > after[1]:
+            distances.append(float("inf") if paddle is None else abs(ball[0] - paddle))
+    return distances
+
+
+def returns_without_paddle(balls: Sequence[tuple[float, float] | None], paddles: Sequence[float | None]) -> int:
+    """Returns (paddle_returns) with the paddle's centre farther than PADDLE_REACH: bounces off bare floor."""
+    return sum(distance > PADDLE_REACH for distance in paddle_returns(balls, paddles))
 
 
 def game_stats(frames: Sequence[np.ndarray]) -> dict[str, Any]:

@@ -157,7 +157,7 @@ def test_a_ball_at_the_paddle_is_kept_when_the_random_event_sends_it_back():
     far[0, 189:193, 80:96] = BALL                    # the paddle 31 px from the ball's centre: out of reach
     assert balls_to_keep(far, BALL, back, back) == [None]
     far[0, 189:193] = BLACK
-    far[0, 189:193, 72:88] = BALL                    # 23 px: as far as the emulator's paddle sent a ball back
+    far[0, 189:193, 72:88] = BALL                    # 23 px: within reach (24 px)
     assert balls_to_keep(far, BALL, back, back) == [(185, 56)]
     classes = last[:1].clone()
     classes[0, 185:189, 56:58] = BLACK               # the decoder lost the ball ...
