@@ -1,7 +1,8 @@
 """Compare the ball committer's rules on the game measures (common/ball_sampler.py), each added to the ones
 before: the committed ball alone (the expected count), the ball in flight kept, the serve drawn for sure,
-the ball at the paddle kept when the random event sends it back; on one world model, the same emulator
-starts and the same seeds.
+the ball at the paddle kept when the random event sends it back (with the paddle within reach), the
+paddle drawn whole where the decoder dropped it; on one world model, the same emulator starts and the
+same seeds.
 
     .venv/bin/python bench/compare_ball_commit.py --checkpoint-dir checkpoints --starts 100
 """
@@ -32,11 +33,12 @@ def main() -> None:
     game = NeuralBreakout.load(args.checkpoint_dir, seed=0)
     starts = make_starts(game.context_frames, args.starts, seed=0)
     serve_events = game.serve_events
-    rules = (("committed ball", False, False, False), ("+ ball in flight kept", True, False, False),
-             ("+ serve for sure", True, False, True), ("+ ball at the paddle kept", True, True, True))
+    rules = (("committed ball", False, False, False, False), ("+ ball in flight kept", True, False, False, False),
+             ("+ serve for sure", True, False, True, False), ("+ ball at the paddle kept", True, True, True, False),
+             ("+ paddle kept whole", True, True, True, True))
     results = {}
-    for label, in_flight, at_paddle, serve in rules:
-        game.keep_ball_in_flight, game.keep_ball_at_paddle = in_flight, at_paddle
+    for label, in_flight, at_paddle, serve, whole_paddle in rules:
+        game.keep_ball_in_flight, game.keep_ball_at_paddle, game.keep_paddle = in_flight, at_paddle, whole_paddle
         game.serve_events = serve_events if serve else serve_events[:0]
         game.generator.manual_seed(0)
         measures = evaluate_game(game, starts)

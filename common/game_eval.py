@@ -404,7 +404,8 @@ def long_play(game: Any, emulator: Emulator, starts: Sequence[Start], steps: int
     digit); the neural game has no end.
     """
     per_game = []
-    for n, start in enumerate(tqdm(starts, desc="long play", unit="game")):
+    label = "random keys" if random_share >= 1.0 else "long play"
+    for n, start in enumerate(tqdm(starts, desc=label, unit="game")):
         game.reset(start.frames, start.actions)
         rng = np.random.default_rng([seed, 4, n])
         neural = _play(lambda a: game.step(a, temperature=0.0, event_temperature=event_temperature),
