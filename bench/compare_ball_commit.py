@@ -33,13 +33,15 @@ def main() -> None:
     game = NeuralBreakout.load(args.checkpoint_dir, seed=0)
     starts = make_starts(game.context_frames, args.starts, seed=0)
     serve_events = game.serve_events
-    rules = (("committed ball", False, False, False, False), ("+ ball in flight kept", True, False, False, False),
-             ("+ serve for sure", True, False, True, False), ("+ ball at the paddle kept", True, True, True, False),
-             ("+ paddle kept whole", True, True, True, True))
+    rules = ("ball in flight kept", "serve for sure", "ball at the paddle kept", "paddle kept whole")
     results = {}
-    for label, in_flight, at_paddle, serve, whole_paddle in rules:
-        game.keep_ball_in_flight, game.keep_ball_at_paddle, game.keep_paddle = in_flight, at_paddle, whole_paddle
-        game.serve_events = serve_events if serve else serve_events[:0]
+    for added in range(len(rules) + 1):           # row k: the first k rules on
+        on = set(rules[:added])
+        label = f"+ {rules[added - 1]}" if added else "committed ball"
+        game.keep_ball_in_flight = "ball in flight kept" in on
+        game.serve_events = serve_events if "serve for sure" in on else serve_events[:0]
+        game.keep_ball_at_paddle = "ball at the paddle kept" in on
+        game.keep_paddle = "paddle kept whole" in on
         game.generator.manual_seed(0)
         measures = evaluate_game(game, starts)
         teacher = measures["ball_in_play"]["teacher_forced"]
