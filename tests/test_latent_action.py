@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))
 from common import paths  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.frame_cache import cache_paths, load_frame_cache  # noqa: E402
-from common.latent_action import (BREAKOUT_PALETTE, LatentActionModel, VectorQuantizer,  # noqa: E402
+from common.latent_action import (BREAKOUT_PALETTE, LatentActionModel, PatchEmbedding, VectorQuantizer,  # noqa: E402
                                   fold_cells, load_latent_action_model)
 from conftest import run_script  # noqa: E402
 
@@ -154,11 +154,47 @@ def test_word_moves_fold_and_unfold_pixels_exactly():
     unfold_pixels must invert fold_pixels."""
     index = torch.randint(0, 10, (2, 3, 224, 160), dtype=torch.uint8)
     strided = index.transpose(-1, -2).contiguous().transpose(-1, -2)   # same values, not contiguous
-    for patch in (4, 8):
+    for patch in (4, 8, 16):
         assert torch.equal(fold_cells(index, patch), fold_cells(strided, patch))
     model = LatentActionModel(TINY)
     frames = index[:, 0, 7:217]
     assert torch.equal(model.unfold_pixels(model.fold_pixels(model.pad(frames[:, None])[:, 0])), frames)
+
+
+def test_the_stem_sums_the_same_with_and_without_gradients_and_follows_its_weight():
+    """PatchEmbedding takes its sum by bit-plane products in training and by a colour table at play; the
+    two must agree, equal the 1x1 convolution its weight is stored as, and the table must follow a
+    weight that an optimizer step changed."""
+    torch.manual_seed(0)
+    stem = PatchEmbedding(frames=3, patch=8, colours=9, width=16)
+    index = torch.randint(0, 10, (2, 3, 224, 160), dtype=torch.uint8)
+    cells = fold_cells(index, 8)
+    optimizer = torch.optim.SGD(stem.parameters(), lr=0.1)
+    for _ in range(2):
+        bits = torch.stack([(index >> b) & 1 for b in range(4)], 1).float()          # (B, bit, T, H, W)
+        channels = F.pixel_unshuffle(bits.flatten(1, 2), 8).view(2, 4, 3, 64, 28, 20).flatten(1, 3)
+        as_conv = stem.proj(channels)                                                # the stored layout
+        trained = stem(cells)
+        with torch.no_grad():
+            played = stem(cells)
+        assert torch.allclose(trained, as_conv, atol=1e-4) and torch.allclose(played, as_conv, atol=1e-4)
+        trained.square().mean().backward()
+        optimizer.step()
+    differences = stem(fold_cells(torch.randint(0, 10, (2, 4, 224, 160), dtype=torch.uint8), 8), differences=True)
+    assert differences.shape == (2, 16, 28, 20)
+
+
+def test_the_drawn_frame_is_the_argmax_of_the_logits_with_the_copy_bonus():
+    torch.manual_seed(0)
+    model = LatentActionModel(TINY).eval()
+    with torch.no_grad():
+        model.head.bias.normal_(0, 4.0)      # many pixels change colour: both branches are exercised
+    past = model.to_index(palette_frames((2, model.context_frames)))
+    index, logits = model.predict_with_logits(past, torch.tensor([[1], [5]]), torch.tensor([0, 3]))
+    pixels = logits.argmax(-2).to(torch.uint8)                      # (B, h, w, patch*patch), colour-major
+    assert torch.equal(index, model.unfold_pixels(pixels))
+    changed = index != past[:, -1]
+    assert 0.05 < float(changed.float().mean()) < 0.95
 
 
 def test_straight_through_gradient_reaches_encoder():
