@@ -245,11 +245,11 @@ class PatchEmbedding(nn.Module):
     Each pixel's colour class enters as its bits (a vertex of a small hypercube, so every colour is
     linearly separable from the others), mixed over all pixels of the cell by a weight stored as a
     stride-`patch` 1x1 convolution's, (width, bit, T, pixel). How the sum is taken is for speed on a CPU:
-    - with gradients (training), one matrix product per bit plane: four float planes of a quarter of
-      the size each, where one tensor of all bits would be big enough for every allocation to be
-      fresh memory from the system (page faults cost more than the product itself);
+    - with gradients (training), one matrix product per bit plane, so that no copy stacks or
+      rearranges the bits (the stacking copy was 7% of a training step in a profile);
     - without (play, evaluation), every pixel adds the weight column of its colour, one row of a small
-      table (embedding_bag), about twice as fast as the products at batch 1.
+      table (embedding_bag), about twice as fast as the products at batch 1 (its backward pass is
+      slow, so training does not use it: FINDINGS.md).
     """
 
     def __init__(self, frames: int, patch: int, colours: int, width: int):
