@@ -261,6 +261,7 @@ class PatchEmbedding(nn.Module):
                              persistent=False)                                   # (bits, 2^bits)
         self.register_buffer("table_offsets", torch.arange(frames * patch * patch) * 2 ** self.bits,
                              persistent=False)                                   # each (T, pixel)'s rows
+        self._table, self._table_key = None, None     # colour_table(), and the weight it was built from
 
     def bit_plane(self, cells: torch.Tensor, bit: int, differences: bool = False) -> torch.Tensor:
         """(B, h, w, T, p*p) uint8 cells (fold_cells) -> (B*h*w, T*p*p) float: one bit of every pixel, or
@@ -275,7 +276,7 @@ class PatchEmbedding(nn.Module):
         """(T * p*p * 2^bits, width): the weight column each (frame, pixel, colour) adds. Kept until the
         weight changes (an optimizer step or a load bumps its version)."""
         key = (self.proj.weight.data_ptr(), self.proj.weight._version)
-        if getattr(self, "_table_key", None) != key:
+        if self._table_key != key:
             weight = self.proj.weight.detach().view(self.proj.out_channels, self.bits, -1)
             self._table = torch.einsum("obs,bv->svo", weight, self.value_bits).reshape(-1, self.proj.out_channels)
             self._table_key = key
@@ -595,8 +596,8 @@ class LatentActionModel(nn.Module):
         """predict_indices(), and the colour logits behind it, copy bias included, for colour_probability().
 
         The logits come colour-major, (B, h, w, P, patch*patch): the head's rows are reordered so that
-        the maximum over the colours runs along 64 contiguous pixels, several times faster on a CPU than
-        over 9 adjacent colours. The class drawn is the last frame's where that is (one of) the most likely,
+        the maximum over the colours runs along a cell's contiguous pixels, several times faster on a CPU
+        than over 9 adjacent colours. The class drawn is the last frame's where that is (one of) the most likely,
         else the argmax."""
         vectors = self.code_vectors(codes)
         if self.event_classes and events is None:
