@@ -15,10 +15,11 @@ import csv
 from pathlib import Path
 
 from common.atari import resolve_game
-from common.cli import (add_preset_arg, apply_preset, non_negative_float, non_negative_int, pick_device,
-                        positive_float, positive_int, probability, refuse_to_replace, run_main)
+from common.cli import (add_preset_arg, apply_preset, default_preset, non_negative_float, non_negative_int,
+                        pick_device, positive_float, positive_int, probability, refuse_to_replace, run_main)
 from common.dqn import evaluate_policy, load_policy
 from common.dqn_training import Trainer
+from common.pqn_training import PQNTrainer
 from common.errors import UserError
 from common.io import atomic_write_json, check_writable, run_lock
 from common.paths import dqn_checkpoint, dqn_dir, training_lock
@@ -26,7 +27,8 @@ from common.paths import dqn_checkpoint, dqn_dir, training_lock
 # evaluation means that name the skill levels; the quick preset's are what its 48 minutes reach (part1.md)
 QUICK_THRESHOLDS = [15.0, 30.0]
 
-PRESETS = {
+# Each learner's settings at each preset; a flag given on the command line always wins.
+DQN_PRESETS = {
     # the whole loop in a few seconds, for tests
     "smoke": dict(total_steps=400, time_budget=0.5, num_envs=2, replay_size=4_000, batch_size=16, lr=1e-4,
                   n_step=3, target_update=20, learning_starts=200, updates_per_step=0.25, eps_end=0.1,
@@ -50,6 +52,28 @@ PRESETS = {
                  eval_max_frames=108_000, save_every_min=5.0, threads=0, log_every=10_000,
                  channels_last=False, skill_thresholds=[50.0, 150.0, 250.0]),
 }
+PQN_PRESETS = {
+    "smoke": dict(total_steps=400, time_budget=0.5, num_envs=4, rollout_steps=16, epochs=2, batch_size=32,
+                  q_lambda=0.65, lr=1e-4, eps_end=0.1, eps_decay_steps=300, stack=4, conv_widths=[8, 16, 16],
+                  fc_width=64, dueling=False, layer_norm=True, eval_every=400, eval_episodes=2,
+                  eval_max_frames=2_000, save_every_min=5.0, threads=1, env_threads=1, log_every=200,
+                  channels_last=False, skill_thresholds=[1.0, 2.0]),
+    # 32 games x 32 steps per rollout, 4 epochs of minibatches of 64: 4x PQN's updates per frame (part1.md)
+    "quick": dict(total_steps=3_000_000, time_budget=48.0, num_envs=32, rollout_steps=32, epochs=4, batch_size=64,
+                  q_lambda=0.65, lr=2.5e-4, lr_end=2.5e-5, eps_end=0.01, eps_decay_steps=100_000, stack=4,
+                  conv_widths=[16, 32, 32], fc_width=256, dueling=False, layer_norm=True, eval_every=100_000,
+                  eval_episodes=8, eval_max_frames=40_000, save_every_min=5.0, threads=1, env_threads=2,
+                  log_every=5_000, channels_last=True, skill_thresholds=QUICK_THRESHOLDS),
+    # PQN's Atari setting (128 games, the Nature widths), sized for a GPU; not run here
+    "full": dict(total_steps=10_000_000, time_budget=0.0, num_envs=128, rollout_steps=32, epochs=2, batch_size=128,
+                 q_lambda=0.65, lr=2.5e-4, lr_end=2.5e-6, eps_end=0.01, eps_decay_steps=1_000_000, stack=4,
+                 conv_widths=[32, 64, 64], fc_width=512, dueling=False, layer_norm=True, eval_every=250_000,
+                 eval_episodes=30, eval_max_frames=108_000, save_every_min=5.0, threads=0, env_threads=8,
+                 log_every=10_000, channels_last=False, skill_thresholds=[50.0, 150.0, 250.0]),
+}
+PRESETS = {"dqn": DQN_PRESETS, "pqn": PQN_PRESETS}
+# the learner a preset uses unless --learner says otherwise
+DEFAULT_LEARNER = {"smoke": "dqn", "quick": "dqn", "full": "dqn"}
 
 # Nature DQN (Mnih et al. 2015): overrides preset values, explicit flags still win
 PAPER = dict(stack=4, conv_widths=[32, 64, 64], fc_width=512, replay_size=1_000_000, batch_size=32, lr=2.5e-4,
@@ -57,6 +81,7 @@ PAPER = dict(stack=4, conv_widths=[32, 64, 64], fc_width=512, replay_size=1_000_
              learning_starts=50_000, updates_per_step=0.25, eps_end=0.1, eps_decay_steps=250_000,
              grad_clip=0.0, num_envs=1, total_steps=12_500_000, eval_epsilon=0.05,
              eval_max_frames=18_000, eval_episodes=30, sticky=0.0, noop_max=30, channels_last=False)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=non_negative_int, default=None,
                    help="torch threads (0 = all cores; 1 is faster on a busy shared machine)")
-    g.add_argument("--env-threads", type=positive_int, default=1, help="C++ emulator threads")
+    g.add_argument("--env-threads", type=positive_int, default=None,
+                   help="C++ emulator threads (dqn 1: it steps while the update runs; pqn 2)")
     g.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/dqn/latest.pt")
     g.add_argument("--fresh", action="store_true",
                    help="start over although <checkpoint-dir>/dqn holds a trained run (it is replaced)")
@@ -92,6 +118,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--num-envs", type=positive_int, default=None, help="parallel games (C++ vector env)")
 
     g = p.add_argument_group("agent")
+    g.add_argument("--learner", choices=["dqn", "pqn"], default=None,
+                   help="dqn: Double DQN with a replay and a target network (common/dqn_training.py); pqn: "
+                        "Q(lambda) on short rollouts of many games, no replay (common/pqn_training.py)")
+    g.add_argument("--layer-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="normalise every hidden layer (pqn: on)")
     g.add_argument("--conv-widths", type=positive_int, nargs=3, default=None, help="channels of the 3 convs")
     g.add_argument("--fc-width", type=positive_int, default=None, help="hidden units of the first FC layer")
     g.add_argument("--dueling", action=argparse.BooleanOptionalAction, default=None)
@@ -102,7 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--lr-end", type=positive_float, default=None,
                    help="anneal the learning rate linearly from --lr to this over the run (its time budget, "
                         "or its total steps if those end first); quick 2.5e-5, otherwise constant")
-    g.add_argument("--optimizer", choices=["adam", "rmsprop-dm"], default=None)
+    g.add_argument("--optimizer", choices=["adam", "rmsprop-dm"], default=None,
+                   help="adam (pqn: RAdam, Adam with a warm-up of its own) or the Nature DQN's RMSProp")
     g.add_argument("--adam-eps", type=positive_float, default=1.5e-4)
     g.add_argument("--gamma", type=probability, default=0.99)
     g.add_argument("--n-step", type=positive_int, default=None)
@@ -110,6 +142,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--grad-clip", type=non_negative_float, default=None, help="max grad norm (0 = off)")
     g.add_argument("--learning-starts", type=non_negative_int, default=None, help="random steps filling the replay")
     g.add_argument("--updates-per-step", type=positive_float, default=None, help="gradient updates per agent step")
+    g.add_argument("--rollout-steps", type=positive_int, default=None, help="pqn: steps per game per rollout")
+    g.add_argument("--epochs", type=positive_int, default=None, help="pqn: passes over each rollout")
+    g.add_argument("--q-lambda", type=probability, default=None, help="pqn: lambda of the Q(lambda) returns")
     g.add_argument("--per", action=argparse.BooleanOptionalAction, default=None, help="prioritized replay")
     g.add_argument("--per-alpha", type=non_negative_float, default=0.6)
     g.add_argument("--per-beta", type=probability, default=0.4, help="initial IS exponent, annealed to 1")
@@ -134,18 +169,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--eval-out", default=None, help="folder for --evaluate CSV/JSON (default <log-dir>/eval/<name>)")
     args = p.parse_args(argv)
 
+    if args.preset is None:
+        args.preset = default_preset()
     if args.paper:
+        if args.learner == "pqn":
+            raise UserError("--paper is the Nature DQN; it does not combine with --learner pqn")
+        args.learner = "dqn"
         for key, value in PAPER.items():
             if getattr(args, key, None) is None:
                 setattr(args, key, value)
-    apply_preset(args, PRESETS)
+    args.learner = args.learner or DEFAULT_LEARNER[args.preset]
+    apply_preset(args, PRESETS[args.learner])
     defaults = dict(optimizer="adam", grad_clip=10.0, eval_epsilon=0.05, sticky=0.0,
-                    noop_max=30)
+                    noop_max=30, layer_norm=False, env_threads=1, rollout_steps=32, epochs=2, q_lambda=0.65)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if sorted(args.skill_thresholds) != list(args.skill_thresholds):
         raise UserError("--skill-thresholds must be increasing, e.g. 50 150 250")
+    if args.learner == "pqn" and args.optimizer != "adam":
+        raise UserError("--learner pqn trains with Adam (RAdam); drop --optimizer rmsprop-dm")
+    if args.learner == "pqn" and args.batch_size > args.num_envs * args.rollout_steps:
+        raise UserError(f"--batch-size {args.batch_size} is larger than a rollout ({args.num_envs} envs x "
+                        f"{args.rollout_steps} steps)")
     if args.eps_end > args.eps_start:
         raise UserError("--eps-end must not exceed --eps-start")
     return args
@@ -185,9 +231,11 @@ def main() -> None:
     for folder in (dqn_dir(args.checkpoint_dir), Path(args.log_dir)):
         check_writable(folder)
     with run_lock(training_lock(dqn_dir(args.checkpoint_dir)), "01_train_dqn.py run"):
-        trainer = Trainer(args)
+        trainer = (PQNTrainer if args.learner == "pqn" else Trainer)(args)
+        memory = (f"rollouts of {args.rollout_steps} steps" if args.learner == "pqn"
+                  else f"replay {trainer.replay.capacity:,}")
         print(f"device {trainer.device}, {trainer.threads} threads, preset {args.preset}, game {args.game}, "
-              f"{args.num_envs} envs, net {args.conv_widths}+{args.fc_width}, replay {trainer.replay.capacity:,}")
+              f"{args.learner}, {args.num_envs} envs, net {args.conv_widths}+{args.fc_width}, {memory}")
         trainer.train()
 
 

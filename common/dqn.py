@@ -24,21 +24,30 @@ def conv_output_size(size: int = 84) -> int:
 
 
 class QNetwork(nn.Module):
-    """Nature-DQN layout with free widths; optional dueling head. Input: uint8 (B, stack, 84, 84)."""
+    """Nature-DQN layout with free widths; optional dueling head. Input: uint8 (B, stack, 84, 84).
+
+    layer_norm normalises every hidden layer before its ReLU, as PQN's network does: it keeps Q-learning
+    stable without a target network or a replay. The convs' norm is GroupNorm with one group, a
+    LayerNorm over (channels, height, width) with per-channel scales, which stays fast in channels-last
+    memory (a LayerNorm over the same axes made an update 1.3-1.5x slower there)."""
 
     def __init__(self, num_actions: int, stack: int = 8, conv_widths: tuple[int, int, int] = (32, 64, 64),
-                 fc_width: int = 512, dueling: bool = False):
+                 fc_width: int = 512, dueling: bool = False, layer_norm: bool = False):
         super().__init__()
         c1, c2, c3 = conv_widths
-        self.convs = nn.Sequential(
-            nn.Conv2d(stack, c1, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(c1, c2, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(c2, c3, 3, stride=1), nn.ReLU(),
-            nn.Flatten(),
-        )
+        layers: list[nn.Module] = []
+        channels = stack
+        for width, kernel, stride in ((c1, 8, 4), (c2, 4, 2), (c3, 3, 1)):
+            layers.append(nn.Conv2d(channels, width, kernel, stride=stride))
+            if layer_norm:
+                layers.append(nn.GroupNorm(1, width))  # LayerNorm over (C, H, W); faster channels-last
+            layers.append(nn.ReLU())
+            channels = width
+        self.convs = nn.Sequential(*layers, nn.Flatten())
         flat = c3 * conv_output_size() ** 2
         self.dueling = dueling
-        self.fc = nn.Sequential(nn.Linear(flat, fc_width), nn.ReLU())
+        self.fc = nn.Sequential(nn.Linear(flat, fc_width), *([nn.LayerNorm(fc_width)] if layer_norm else []),
+                                nn.ReLU())
         self.head = nn.Linear(fc_width, num_actions + (1 if dueling else 0))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -53,7 +62,7 @@ class QNetwork(nn.Module):
 
 def build_q_network(model_config: dict) -> QNetwork:
     return QNetwork(model_config["num_actions"], model_config["stack"], tuple(model_config["conv_widths"]),
-                    model_config["fc_width"], model_config["dueling"])
+                    model_config["fc_width"], model_config["dueling"], model_config.get("layer_norm", False))
 
 
 def to_model_input(obs: np.ndarray | torch.Tensor, device: torch.device | str,

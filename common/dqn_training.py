@@ -59,25 +59,14 @@ class Trainer:
         self.env_config = make_env_config(args.game, args.frame_skip, args.stack, args.noop_max, args.sticky)
         self.model_config = {"num_actions": self.env_config["num_actions"], "stack": args.stack,
                              "conv_widths": list(args.conv_widths), "fc_width": args.fc_width,
-                             "dueling": bool(args.dueling)}
+                             "dueling": bool(args.dueling), "layer_norm": bool(args.layer_norm)}
         torch.manual_seed(args.seed)
         self.rng = np.random.default_rng(args.seed)
         self.online = build_q_network(self.model_config).to(self.device)
-        self.target = build_q_network(self.model_config).to(self.device)
-        self.target.load_state_dict(self.online.state_dict())
-        self.target.requires_grad_(False)
         if args.channels_last:
             self.online.to(memory_format=torch.channels_last)
-            self.target.to(memory_format=torch.channels_last)
-        if args.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.online.parameters(), lr=args.lr, eps=args.adam_eps,
-                                              fused=self.device.type in ("cpu", "cuda"))  # one kernel for all tensors
-        else:
-            self.optimizer = DeepMindRMSprop(self.online.parameters(), lr=args.lr)
         self.forward = torch.compile(self.online) if args.compile else self.online
-        self.target_forward = torch.compile(self.target) if args.compile else self.target
-        self.replay = FrameReplay(args.replay_size, args.num_envs, args.stack, args.n_step, args.gamma,
-                                  prioritized=bool(args.per), alpha=args.per_alpha)
+        self.init_learner()
         self.step = self.updates = self.games = 0
         self.elapsed_before = 0.0
         self.best_score = -math.inf
@@ -87,6 +76,23 @@ class Trainer:
         self.loss_count = 0
         self.last_eval_step = -1
         self.start_time = time.monotonic()
+
+    def init_learner(self) -> None:
+        """The target network, optimizer and replay of Double DQN."""
+        args = self.args
+        self.target = build_q_network(self.model_config).to(self.device)
+        self.target.load_state_dict(self.online.state_dict())
+        self.target.requires_grad_(False)
+        if args.channels_last:
+            self.target.to(memory_format=torch.channels_last)
+        if args.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.online.parameters(), lr=args.lr, eps=args.adam_eps,
+                                              fused=self.device.type in ("cpu", "cuda"))  # one kernel for all tensors
+        else:
+            self.optimizer = DeepMindRMSprop(self.online.parameters(), lr=args.lr)
+        self.target_forward = torch.compile(self.target) if args.compile else self.target
+        self.replay = FrameReplay(args.replay_size, args.num_envs, args.stack, args.n_step, args.gamma,
+                                  prioritized=bool(args.per), alpha=args.per_alpha)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _policy_fields(self, eval_score: float | None) -> dict:
@@ -108,12 +114,18 @@ class Trainer:
 
     def save_latest(self) -> None:
         """Everything --resume needs except the replay, which is refilled."""
-        extra = dict(target_state_dict={k: v.cpu() for k, v in self.target.state_dict().items()},
-                     optimizer_state=self.optimizer.state_dict(), updates=self.updates, games=self.games,
+        extra = dict(self.learner_state(), optimizer_state=self.optimizer.state_dict(), updates=self.updates,
+                     games=self.games,
                      best_score=self.best_score if math.isfinite(self.best_score) else None,
                      skill_reached=self.skill_reached, recent_scores=self.recent_scores[-100:],
                      numpy_rng=self.rng.bit_generator.state, torch_rng=torch.get_rng_state())
         self.save_policy("latest", self.best_score if math.isfinite(self.best_score) else None, **extra)
+
+    def learner_state(self) -> dict:
+        return {"target_state_dict": {k: v.cpu() for k, v in self.target.state_dict().items()}}
+
+    def load_learner_state(self, payload: dict) -> None:
+        self.target.load_state_dict(payload["target_state_dict"])
 
     def load_latest(self) -> None:
         payload = load_checkpoint(self.checkpoint("latest"), kind="dqn", stage_hint="01_train_dqn.py")
@@ -123,7 +135,7 @@ class Trainer:
             raise UserError("latest.pt was trained with a different network or game; pass the same flags "
                             f"(saved: {payload['model_config']}, {payload['env_config']['game']})")
         self.online.load_state_dict(payload["state_dict"])
-        self.target.load_state_dict(payload["target_state_dict"])
+        self.load_learner_state(payload)
         self.optimizer.load_state_dict(payload["optimizer_state"])
         self.step, self.updates, self.games = payload["step"], payload["updates"], payload["games"]
         self.elapsed_before = payload["wall_s"]
@@ -282,15 +294,19 @@ class Trainer:
         over = game_over_mask(terminated, truncated, info["lives"], lives)
         rewards = np.clip(raw, -1.0, 1.0).astype(np.float32)
         self.replay.add(actions, rewards, terminated | truncated, next_obs, over)
-        self.game_returns += raw
+        self.count_games(raw, over, count)
+        return next_obs, info["lives"].copy()
+
+    def count_games(self, raw_rewards: np.ndarray, over: np.ndarray, count: bool = True) -> None:
+        """Add one step of every game to the step counter and the finished games' scores."""
+        self.game_returns += raw_rewards
         if count:
-            self.step += len(actions)
+            self.step += len(raw_rewards)
             for i in np.flatnonzero(over):
                 self.recent_scores.append(float(self.game_returns[i]))
                 self.games += 1
         self.game_returns[over] = 0.0
         self.recent_scores = self.recent_scores[-100:]
-        return next_obs, info["lives"].copy()
 
     def open_logger(self):
         """TensorBoard events under <log-dir>/dqn/<time>, when tensorboard is installed."""
@@ -334,6 +350,41 @@ class Trainer:
         print(f"done: {self.step:,} steps, {self.updates:,} updates in {self.wall() / 60:.1f} min; "
               f"best eval {self.best_score:.1f}; skill levels reached {self.skill_reached}; -> {self.out_dir}")
 
+    def start_schedule(self) -> None:
+        """Clocks and step marks for logging, evaluation and saving, from the current step on."""
+        a = self.args
+        self.session_start = self.last_save = self.last_log_time = time.monotonic()
+        self.last_log_step, self.last_log_updates = self.step, self.updates
+        self.next_eval = (self.step // a.eval_every + 1) * a.eval_every
+        self.next_log = self.step + a.log_every
+
+    def budget_left(self) -> bool:
+        a = self.args
+        budget_s = a.time_budget * 60 if a.time_budget else math.inf
+        return self.step < a.total_steps and time.monotonic() - self.session_start < budget_s
+
+    def on_schedule(self, writer, progress: tqdm, explore: float) -> None:
+        """Log, evaluate and save when their step marks or clocks come up."""
+        a = self.args
+        if self.step >= self.next_log:
+            now = time.monotonic()
+            sps = (self.step - self.last_log_step) / (now - self.last_log_time)
+            ups = (self.updates - self.last_log_updates) / (now - self.last_log_time)
+            self.log_train(writer, sps, ups, explore)
+            recent = np.mean(self.recent_scores[-20:]) if self.recent_scores else float("nan")
+            progress.set_postfix(eps=f"{explore:.3f}", score=f"{recent:.1f}", sps=f"{sps:.0f}", ups=f"{ups:.1f}")
+            self.last_log_time, self.last_log_step, self.last_log_updates = now, self.step, self.updates
+            while self.next_log <= self.step:
+                self.next_log += a.log_every
+        if self.step >= self.next_eval:
+            self.evaluate_and_save(writer, progress)
+            while self.next_eval <= self.step:
+                self.next_eval += a.eval_every
+            self.last_save = time.monotonic()
+        if time.monotonic() - self.last_save > a.save_every_min * 60:
+            self.save_latest()
+            self.last_save = time.monotonic()
+
     def run_loop(self, env, writer, progress: tqdm) -> None:
         """Act in every game at once, learn while the emulator steps, log, evaluate and save on schedule."""
         a = self.args
@@ -341,13 +392,9 @@ class Trainer:
         self.last_lives = info["lives"].copy()
         self.game_returns = np.zeros(a.num_envs)
         obs, lives = self.fill_replay(env, obs, a.learning_starts if a.resume else 0, use_policy=True)
-        budget_s = a.time_budget * 60 if a.time_budget else math.inf
-        session_start = last_save = last_log_time = time.monotonic()
-        last_log_step, last_log_updates = self.step, self.updates
-        next_eval = (self.step // a.eval_every + 1) * a.eval_every
-        next_log = self.step + a.log_every
+        self.start_schedule()
         update_credit = 0.0
-        while self.step < a.total_steps and time.monotonic() - session_start < budget_s:
+        while self.budget_left():
             learning = self.step >= a.learning_starts
             explore = self.exploration()
             actions = self.act(obs, explore, random_only=not learning)
@@ -358,19 +405,4 @@ class Trainer:
             overlap = functools.partial(self.learn_many, num_updates) if num_updates else None
             obs, lives = self.env_step(env, actions, lives, overlap=overlap)
             progress.update(a.num_envs)
-            if self.step >= next_log:
-                now = time.monotonic()
-                sps = (self.step - last_log_step) / (now - last_log_time)
-                ups = (self.updates - last_log_updates) / (now - last_log_time)
-                self.log_train(writer, sps, ups, explore)
-                recent = np.mean(self.recent_scores[-20:]) if self.recent_scores else float("nan")
-                progress.set_postfix(eps=f"{explore:.3f}", score=f"{recent:.1f}", sps=f"{sps:.0f}", ups=f"{ups:.1f}")
-                last_log_time, last_log_step, last_log_updates = now, self.step, self.updates
-                next_log += a.log_every
-            if self.step >= next_eval:
-                self.evaluate_and_save(writer, progress)
-                next_eval += a.eval_every
-                last_save = time.monotonic()
-            if time.monotonic() - last_save > a.save_every_min * 60:
-                self.save_latest()
-                last_save = time.monotonic()
+            self.on_schedule(writer, progress, explore)
