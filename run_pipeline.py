@@ -31,7 +31,7 @@ def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str) -> l
     dirs = ["--data-dir", data_dir, "--checkpoint-dir", ckpt_dir]
     with_preset = ["--preset", preset, *dirs]
     return [
-        ("01 train DQN", ["01_train_dqn.py", "--preset", preset, "--checkpoint-dir", ckpt_dir, "--log-dir", log_dir]),
+        ("01 train the agent", ["01_train_dqn.py", "--preset", preset, "--checkpoint-dir", ckpt_dir, "--log-dir", log_dir]),
         ("02 record videos", ["02_record_videos.py", *with_preset]),
         ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset, "--log-dir", log_dir]),
         ("04 collect action-latent pairs", ["04_collect_action_latent_pairs.py", *dirs]),

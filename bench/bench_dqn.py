@@ -44,8 +44,8 @@ CLEANRL = ["--conv-widths", "32", "64", "64", "--fc-width", "512", "--no-dueling
 
 
 def make_trainer(script, flags: list[str], tmp: str, threads: int):
-    args = script.parse_args(["--preset", "quick", "--checkpoint-dir", tmp, "--threads", str(threads),
-                              "--learning-starts", "0", *flags])
+    args = script.parse_args(["--preset", "quick", "--learner", "dqn", "--checkpoint-dir", tmp,
+                              "--threads", str(threads), "--learning-starts", "0", *flags])
     return Trainer(args)
 
 

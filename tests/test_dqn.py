@@ -16,6 +16,7 @@ from common.errors import UserError
 from common.io import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ["--preset", "smoke", "--learner", "dqn"]   # the smoke preset trains PQN unless told otherwise
 
 
 def run_script(*args, timeout=120):
@@ -114,7 +115,7 @@ def load_script():
 
 def test_non_finite_loss_saves_and_stops_with_a_clear_message(tmp_path):
     script = load_script()
-    args = script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path), "--learning-starts", "0"])
+    args = script.parse_args([*SMOKE, "--checkpoint-dir", str(tmp_path), "--learning-starts", "0"])
     trainer = Trainer(args)
     obs = np.zeros((args.num_envs, 8, 84, 84), dtype=np.uint8)
     trainer.replay.start(obs)
@@ -130,7 +131,7 @@ def test_non_finite_loss_saves_and_stops_with_a_clear_message(tmp_path):
 
 def test_lr_end_anneals_the_learning_rate_over_the_time_budget_or_the_steps(tmp_path):
     script = load_script()
-    trainer = Trainer(script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path),
+    trainer = Trainer(script.parse_args([*SMOKE, "--checkpoint-dir", str(tmp_path),
                                          "--lr", "1e-3", "--lr-end", "1e-4", "--time-budget", "10",
                                          "--total-steps", "1000"]))
     trainer.wall = lambda: 0.0                                       # the run's clock, set by hand
@@ -147,7 +148,7 @@ def test_lr_end_anneals_the_learning_rate_over_the_time_budget_or_the_steps(tmp_
         trainer.replay.add(np.zeros(2, int), np.zeros(2, np.float32), np.zeros(2, bool), obs, np.zeros(2, bool))
     trainer.learn()                                                  # the optimizer steps with it
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
-    constant = Trainer(script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path / "c")]))
+    constant = Trainer(script.parse_args([*SMOKE, "--checkpoint-dir", str(tmp_path / "c")]))
     constant.step = 300
     assert constant.learning_rate() == constant.args.lr
 
@@ -155,7 +156,7 @@ def test_lr_end_anneals_the_learning_rate_over_the_time_budget_or_the_steps(tmp_
 def test_a_run_below_every_threshold_keeps_its_best_network_as_level_1(tmp_path):
     """Stage 2 always gets a played level: best.pt becomes skill_level_1.pt, labelled as not reaching 1."""
     script = load_script()
-    args = script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path), "--skill-thresholds", "5", "9"])
+    args = script.parse_args([*SMOKE, "--checkpoint-dir", str(tmp_path), "--skill-thresholds", "5", "9"])
     trainer = Trainer(args)
     trainer.best_score = 3.5
     trainer.save_policy("best", 3.5)
@@ -165,7 +166,7 @@ def test_a_run_below_every_threshold_keeps_its_best_network_as_level_1(tmp_path)
     best = torch.load(paths.dqn_checkpoint(tmp_path, "best"), weights_only=True)["state_dict"]
     assert all(torch.equal(level.net.state_dict()[k], best[k]) for k in best)
 
-    reached = Trainer(script.parse_args(["--preset", "smoke", "--checkpoint-dir", str(tmp_path / "other")]))
+    reached = Trainer(script.parse_args([*SMOKE, "--checkpoint-dir", str(tmp_path / "other")]))
     reached.skill_reached = [1.0]
     reached.save_policy("best", 1.5)
     reached.keep_best_as_top_level()                   # a reached level is never replaced by the fallback
@@ -175,7 +176,7 @@ def test_a_run_below_every_threshold_keeps_its_best_network_as_level_1(tmp_path)
 
 
 def test_smoke_run_resume_and_evaluate(tmp_path):
-    common = ["--preset", "smoke", "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs")]
+    common = [*SMOKE, "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs")]
     first = run_script(*common)
     assert first.returncode == 0, first.stderr[-2000:]
     out = tmp_path / "ck" / "dqn"
@@ -213,20 +214,20 @@ def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path):
         lock = paths.training_lock(paths.dqn_dir(tmp_path))
         lock.parent.mkdir(parents=True)
         lock.write_text(str(holder.pid))
-        result = run_script("--preset", "smoke", "--checkpoint-dir", str(tmp_path), "--log-dir", str(tmp_path / "runs"))
+        result = run_script(*SMOKE, "--checkpoint-dir", str(tmp_path), "--log-dir", str(tmp_path / "runs"))
         assert result.returncode == 2 and "another 01_train_dqn.py run" in result.stderr
         assert not paths.dqn_checkpoint(tmp_path, "latest").exists()
     finally:
         holder.kill()
         holder.wait()
-    result = run_script("--preset", "smoke", "--checkpoint-dir", str(tmp_path), "--log-dir", str(tmp_path / "runs"),
+    result = run_script(*SMOKE, "--checkpoint-dir", str(tmp_path), "--log-dir", str(tmp_path / "runs"),
                         "--total-steps", "200")  # a lock whose owner is gone is taken over
     assert result.returncode == 0, result.stderr[-2000:]
     assert not lock.exists()
 
 
 def test_unknown_game_gives_clear_error_without_traceback(tmp_path):
-    result = run_script("--preset", "smoke", "--checkpoint-dir", str(tmp_path), "--game", "Brekout", timeout=60)
+    result = run_script(*SMOKE, "--checkpoint-dir", str(tmp_path), "--game", "Brekout", timeout=60)
     assert result.returncode == 2
     assert "unknown Atari game 'Brekout'" in result.stderr and "Traceback" not in result.stderr
 
@@ -239,7 +240,7 @@ def test_unknown_game_gives_clear_error_without_traceback(tmp_path):
 def test_bad_flag_values_are_rejected(args, message, capsys):
     script = load_script()
     with pytest.raises(SystemExit) as exit_info:
-        script.parse_args(["--preset", "smoke", *args])
+        script.parse_args([*SMOKE, *args])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -247,7 +248,7 @@ def test_bad_thresholds_and_missing_checkpoint_are_user_errors(tmp_path):
     script = load_script()
     with pytest.raises(UserError, match="must be increasing"):
         script.parse_args(["--skill-thresholds", "150", "50"])
-    args = script.parse_args(["--preset", "smoke", "--evaluate", str(tmp_path / "missing.pt")])
+    args = script.parse_args([*SMOKE, "--evaluate", str(tmp_path / "missing.pt")])
     with pytest.raises(UserError, match="not found: run 01_train_dqn.py first"):
         script.run_evaluation(args)
 
@@ -259,6 +260,6 @@ def test_corrupt_checkpoint_for_evaluate_and_resume(tmp_path):
     result = run_script("--evaluate", str(bad), timeout=60)
     assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
     script = load_script()
-    trainer = Trainer(script.parse_args(["--preset", "smoke", "--resume", "--checkpoint-dir", str(tmp_path)]))
+    trainer = Trainer(script.parse_args([*SMOKE, "--resume", "--checkpoint-dir", str(tmp_path)]))
     with pytest.raises(UserError, match="corrupt"):
         trainer.train()
