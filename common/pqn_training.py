@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.atari import game_over_mask
-from common.dqn_training import Trainer
 from common.dqn import to_model_input
+from common.dqn_training import Trainer
 from common.errors import UserError
 
 
