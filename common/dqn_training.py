@@ -173,11 +173,31 @@ class Trainer:
             done = max(done, self.wall() / (a.time_budget * 60))
         return a.lr + min(done, 1.0) * (a.lr_end - a.lr)
 
-    def learn(self) -> None:
-        a = self.args
-        if a.lr_end is not None:
+    def apply_learning_rate(self) -> None:
+        if self.args.lr_end is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate()
+
+    def optimize(self, loss: torch.Tensor, q: torch.Tensor) -> None:
+        """One gradient step on `loss` (q: the batch's Q-values, for the log); a non-finite loss saves
+        latest.pt with the weights from before it and stops the run."""
+        if not torch.isfinite(loss):
+            self.save_latest()
+            raise UserError(f"non-finite loss at step {self.step} (update {self.updates}); saved "
+                            f"{self.checkpoint('latest')} from before it. Try a lower --lr or --grad-clip 10")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.args.grad_clip)
+        self.optimizer.step()
+        self.updates += 1
+        self.loss_sum += loss.item()
+        self.q_sum += q.detach().mean().item()
+        self.loss_count += 1
+
+    def learn(self) -> None:
+        a = self.args
+        self.apply_learning_rate()
         beta = a.per_beta + (1.0 - a.per_beta) * min(1.0, self.step / a.total_steps)
         batch = self.replay.sample(a.batch_size, self.rng, beta)
         obs = to_model_input(batch["obs"], self.device, a.channels_last, scale=True)
@@ -189,23 +209,11 @@ class Trainer:
         target = td_targets(self.forward, self.target_forward, next_obs, returns, bootstrap, bool(a.double))
         q = self.forward(obs).gather(1, actions[:, None]).squeeze(1)
         loss = (weights * F.smooth_l1_loss(q, target, reduction="none")).mean()
-        if not torch.isfinite(loss):
-            self.save_latest()
-            raise UserError(f"non-finite loss at step {self.step} (update {self.updates}); saved "
-                            f"{self.checkpoint('latest')} from before it. Try a lower --lr or --grad-clip 10")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if a.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.online.parameters(), a.grad_clip)
-        self.optimizer.step()
+        self.optimize(loss, q)
         if a.per:
             self.replay.update_priorities(batch["indices"], (target - q).detach().cpu().numpy())
-        self.updates += 1
         if self.updates % a.target_update == 0:
             self.target.load_state_dict(self.online.state_dict())
-        self.loss_sum += loss.item()
-        self.q_sum += q.detach().mean().item()
-        self.loss_count += 1
 
     def learn_many(self, count: int) -> None:
         for _ in range(count):

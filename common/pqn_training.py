@@ -17,7 +17,6 @@ from tqdm import tqdm
 from common.atari import game_over_mask
 from common.dqn import to_model_input
 from common.dqn_training import Trainer
-from common.errors import UserError
 
 
 def lambda_returns(rewards: np.ndarray, ends: np.ndarray, values: np.ndarray, last_values: np.ndarray,
@@ -57,9 +56,7 @@ class PQNTrainer(Trainer):
     def train_on_rollout(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray) -> None:
         """`--epochs` passes over the rollout in shuffled minibatches of `--batch-size`."""
         a = self.args
-        if a.lr_end is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.learning_rate()
+        self.apply_learning_rate()
         obs = obs.reshape(-1, *obs.shape[2:])
         actions = torch.as_tensor(actions.reshape(-1), device=self.device)
         returns = torch.as_tensor(returns.reshape(-1), device=self.device)
@@ -70,20 +67,7 @@ class PQNTrainer(Trainer):
                 x = to_model_input(obs[batch], self.device, a.channels_last, scale=True)
                 index = torch.as_tensor(batch, device=self.device)
                 q = self.forward(x).gather(1, actions[index, None]).squeeze(1)
-                loss = F.mse_loss(q, returns[index])
-                if not torch.isfinite(loss):
-                    self.save_latest()
-                    raise UserError(f"non-finite loss at step {self.step} (update {self.updates}); saved "
-                                    f"{self.checkpoint('latest')} from before it. Try a lower --lr")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if a.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.online.parameters(), a.grad_clip)
-                self.optimizer.step()
-                self.updates += 1
-                self.loss_sum += loss.item()
-                self.q_sum += q.detach().mean().item()
-                self.loss_count += 1
+                self.optimize(F.mse_loss(q, returns[index]), q)
 
     def run_loop(self, env, writer, progress: tqdm) -> None:
         """Roll out --rollout-steps in every game, train on it, log, evaluate and save on schedule."""
@@ -118,6 +102,5 @@ class PQNTrainer(Trainer):
                 progress.update(num_envs)
             last_values = self.q_values(obs).max(dim=1).values.cpu().numpy()
             returns = lambda_returns(rewards, ends, values, last_values, a.gamma, a.q_lambda)
-            self.online.train()
             self.train_on_rollout(obs_buffer, actions, returns)
             self.on_schedule(writer, progress, explore)
