@@ -9,6 +9,8 @@ FRESH ?=
 FRESH_FLAG := $(if $(FRESH),--fresh,)
 NPROC ?=
 NPROC_FLAG := $(if $(NPROC),--nproc $(NPROC),)
+SEED ?=
+SEED_FLAG := $(if $(SEED),--seed $(SEED),)
 
 .PHONY: pipeline test play report pretrained dqn record latent pairs action-to-latent neural-gif clean-venv
 
@@ -19,7 +21,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 pipeline: $(STAMP)
-	$(PY) run_pipeline.py $(PRESET_FLAG) $(FRESH_FLAG) $(NPROC_FLAG)
+	$(PY) run_pipeline.py $(PRESET_FLAG) $(FRESH_FLAG) $(NPROC_FLAG) $(SEED_FLAG)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from common import paths
-from common.cli import add_preset_arg, default_preset, positive_int, run_main
+from common.cli import add_preset_arg, default_preset, non_negative_int, positive_int, run_main
 from common.errors import UserError
 from common.io import atomic_write_json
 from common.report import write_report
@@ -26,19 +26,22 @@ from common.report import write_report
 ROOT = Path(__file__).resolve().parent
 
 
-def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str) -> list[tuple[str, list[str]]]:
-    """(name, argv) for each stage; 06 runs headless: an evaluation and the random-player GIF."""
+def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str,
+                   seed: int = 0) -> list[tuple[str, list[str]]]:
+    """(name, argv) for each stage; 06 runs headless: an evaluation and the random-player GIF.
+    Every stage that draws random numbers gets the same --seed."""
     dirs = ["--data-dir", data_dir, "--checkpoint-dir", ckpt_dir]
-    with_preset = ["--preset", preset, *dirs]
+    with_preset = ["--preset", preset, *dirs, "--seed", str(seed)]
     return [
-        ("01 train the agent", ["01_train_dqn.py", "--preset", preset, "--checkpoint-dir", ckpt_dir, "--log-dir", log_dir]),
+        ("01 train the agent", ["01_train_dqn.py", "--preset", preset, "--checkpoint-dir", ckpt_dir, "--log-dir", log_dir,
+                                "--seed", str(seed)]),
         ("02 record videos", ["02_record_videos.py", *with_preset]),
         ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset, "--log-dir", log_dir]),
         ("04 collect action-latent pairs", ["04_collect_action_latent_pairs.py", *dirs]),
         ("05 train action->latent", ["05_train_action_to_latent.py", *with_preset]),
         ("06 evaluate control", ["06_play_neural_breakout.py", "--evaluate", *with_preset]),
         ("06 neural game GIF", ["06_play_neural_breakout.py", "--headless", "--policy", "random",
-                                "--steps", "60" if preset == "smoke" else "300", *dirs]),
+                                "--steps", "60" if preset == "smoke" else "300", *dirs, "--seed", str(seed)]),
     ]
 
 
@@ -131,13 +134,16 @@ def main() -> None:
     parser.add_argument("--nproc", type=positive_int, default=1,
                         help="processes that train the world model together (torchrun, one per GPU or a share "
                              "of the CPU cores each)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="the seed of every stage: the agent, the recording, the world model, the map, play")
     args = parser.parse_args()
     preset = args.preset or default_preset()
     data_dir, ckpt_dir = Path(args.data_dir), Path(args.checkpoint_dir)
 
     timings: dict[str, float] = {}
     upstream_ran, previous = False, None
-    for name, argv in stage_commands(preset, args.data_dir, args.checkpoint_dir, args.log_dir):
+    for name, argv in stage_commands(preset, args.data_dir, args.checkpoint_dir, args.log_dir,
+                                     args.seed):
         if int(name[:2]) < args.from_stage:
             previous = stage_result(name, data_dir, ckpt_dir) or previous
             continue

@@ -122,3 +122,14 @@ def test_nproc_launches_the_world_model_under_torchrun_and_nothing_else() -> Non
             assert two[two.index("--nproc-per-node") + 1] == "2" and two[-len(argv):] == argv
         else:
             assert two == one
+
+
+def test_the_pipeline_seed_reaches_every_stage_that_draws_random_numbers() -> None:
+    sys.path.insert(0, str(REPO))
+    from run_pipeline import stage_commands
+
+    for name, argv in stage_commands("quick", "data", "ck", "runs", seed=3):
+        if name.startswith("04"):   # replays the recorded episodes: nothing random
+            assert "--seed" not in argv
+        else:
+            assert argv[argv.index("--seed") + 1] == "3", name
