@@ -27,7 +27,7 @@ from common.action_to_latent import file_fingerprint
 from common.cli import add_preset_arg, apply_preset, non_negative_int, positive_int, probability, run_main
 from common.errors import UserError
 from common.io import atomic_write_json, run_lock
-from common.paths import dqn_dir
+from common.paths import dqn_dir, lock_path, summary_path
 from common.level_store import LevelStore, print_summary, run_jobs, summarize
 from common.recorder import RANDOM_ENV_CONFIG, gym_id
 
@@ -209,10 +209,10 @@ def main() -> None:
         verify(args.data_dir)
         return
     plans = plan_levels(args)
-    with run_lock(ds.lock_path(args.data_dir), "recording"):
+    with run_lock(lock_path(args.data_dir), "recording"):
         record(args, plans)
     summary = summarize(args.data_dir)
-    atomic_write_json(ds.summary_path(args.data_dir), summary)
+    atomic_write_json(summary_path(args.data_dir), summary)
     print_summary(summary)
     problems = ds.verify_dataset(args.data_dir, decode=False)
     if problems:

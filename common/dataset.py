@@ -24,8 +24,7 @@ import numpy as np
 
 from common.errors import UserError
 from common.io import lock_owner
-from common.paths import (actions_path, episode_dir_name, frame_name, level_frames_dir, level_name,  # noqa: F401
-                          lock_path, summary_path, video_path)
+from common.paths import actions_path, frame_name, level_frames_dir, lock_path
 
 FRAME_SHAPE = (210, 160, 3)
 ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")  # Breakout's minimal action set, in ALE's order

@@ -154,14 +154,21 @@ class Trainer:
         return linear_schedule(self.step, a.eps_start, a.eps_end, a.eps_decay_steps)
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, explore: float, random_only: bool) -> np.ndarray:
-        n, num_actions = len(obs), self.env_config["num_actions"]
-        if random_only:
-            return self.rng.integers(0, num_actions, n)
-        q = self.forward(to_model_input(obs, self.device, self.args.channels_last)).float()
+    def q_values(self, obs: np.ndarray) -> torch.Tensor:
+        """(N, actions) float Q-values of the online network for a batch of uint8 observations."""
+        return self.forward(to_model_input(obs, self.device, self.args.channels_last)).float()
+
+    def epsilon_greedy(self, q: torch.Tensor, explore: float) -> np.ndarray:
+        """The greedy action of each row of q, or a random one with probability `explore`."""
+        n = len(q)
         greedy = q.argmax(dim=1).cpu().numpy()
-        random_actions = self.rng.integers(0, num_actions, n)
+        random_actions = self.rng.integers(0, self.env_config["num_actions"], n)
         return np.where(self.rng.random(n) < explore, random_actions, greedy)
+
+    def act(self, obs: np.ndarray, explore: float, random_only: bool) -> np.ndarray:
+        if random_only:
+            return self.rng.integers(0, self.env_config["num_actions"], len(obs))
+        return self.epsilon_greedy(self.q_values(obs), explore)
 
     def learning_rate(self) -> float:
         """--lr, or with --lr-end the linear anneal over the share of the run done (time or steps)."""

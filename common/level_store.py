@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import dataset as ds
+from common import dataset as ds, paths
 from common.errors import UserError
 from common.io import atomic_write_json
 from common.recorder import choose_split, episode_seed, record_episode, worker_init
@@ -26,9 +26,9 @@ class LevelStore:
     def __init__(self, data_dir: Path, header: dict, mode: str):
         self.data_dir, self.header, self.mode = data_dir, header, mode
         self.level = header["level"]
-        self.json_path = ds.actions_path(data_dir, self.level)
-        self.frames_dir = ds.level_frames_dir(data_dir, self.level)
-        self.videos_dir = ds.video_path(data_dir, self.level, 0).parent
+        self.json_path = paths.actions_path(data_dir, self.level)
+        self.frames_dir = paths.level_frames_dir(data_dir, self.level)
+        self.videos_dir = paths.video_path(data_dir, self.level, 0).parent
         doc = ds.read_level(self.json_path) if self.json_path.exists() else {"episodes": []}
         self.old = doc["episodes"]
         if self.old and mode != "replace":
@@ -46,7 +46,7 @@ class LevelStore:
 
     def remove_orphans(self) -> None:
         """Temporary folders and episodes no JSON lists (left by a killed run) are not data: delete them."""
-        listed = {ds.episode_dir_name(record["index"]) for record in self.old}
+        listed = {paths.episode_dir_name(record["index"]) for record in self.old}
         for folder in (self.frames_dir, self.videos_dir):
             if not folder.is_dir():
                 continue
@@ -58,21 +58,21 @@ class LevelStore:
         return 0 if self.mode == "replace" else len(self.old)
 
     def job(self, index: int, args: argparse.Namespace, plan: dict) -> dict:
-        name, place = ds.episode_dir_name(index), index - self.first_new_index
+        name, place = paths.episode_dir_name(index), index - self.first_new_index
         return {"level": self.level, "index": index, "seed": episode_seed(args.seed, self.level, place),
                 "split": choose_split(args.seed, self.level, place), "policy": plan["policy"],
                 "checkpoint": str(plan["checkpoint"]) if plan["checkpoint"] else None,
                 "checkpoint_name": plan["checkpoint"].name if plan["checkpoint"] else None,
                 "random_fraction": plan["random_fraction"], "frame_skip": self.header["frame_skip"],
                 "env_config": self.header["env_config"], "max_steps": args.max_steps,
-                "folder": f"raw_gameplay/{ds.level_name(self.level)}/{name}",
+                "folder": f"raw_gameplay/{paths.level_name(self.level)}/{name}",
                 "tmp_dir": str(self.frames_dir / f".tmp_{name}"),
                 "video_tmp": None if args.no_video else str(self.videos_dir / f".tmp_{name}.mp4")}
 
     def add(self, record: dict, job: dict) -> None:
         """Move a finished episode into place, then list it (replace mode lists it only at finish())."""
         if job["video_tmp"]:
-            os.replace(job["video_tmp"], ds.video_path(self.data_dir, self.level, record["index"]))
+            os.replace(job["video_tmp"], paths.video_path(self.data_dir, self.level, record["index"]))
         os.replace(job["tmp_dir"], self.data_dir / record["folder"])
         self.new.append(record)
         if self.mode != "replace":
@@ -85,7 +85,7 @@ class LevelStore:
         self.write(self.new)
         for record in self.old:
             shutil.rmtree(self.data_dir / record["folder"], ignore_errors=True)
-            ds.video_path(self.data_dir, self.level, record["index"]).unlink(missing_ok=True)
+            paths.video_path(self.data_dir, self.level, record["index"]).unlink(missing_ok=True)
 
     def abandon(self) -> None:
         """After an interruption: drop temporary files and (replace mode) the unlisted new episodes."""

@@ -16,12 +16,12 @@ import pygame
 from PIL import Image
 from tqdm import tqdm
 
-from common.dataset import ACTION_NAMES, FIRE, LEFT, NOOP, RIGHT, actions_path, read_frames, read_level
+from common.dataset import ACTION_NAMES, FIRE, LEFT, NOOP, RIGHT, read_frames, read_level
 from common.errors import UserError
 from common.game_eval import follow_ball
 from common.io import atomic_write_bytes
 from common.neural_game import NeuralBreakout
-from common.paths import neural_game_gif
+from common.paths import actions_path, neural_game_gif
 from common.recorder import make_env
 
 HUD_HEIGHT = 14  # px under the 210x160 frame in files; 210 + 14 = 224 keeps the MP4 16-aligned

@@ -49,10 +49,6 @@ class PQNTrainer(Trainer):
     def load_learner_state(self, payload: dict) -> None:
         pass
 
-    @torch.no_grad()
-    def q_values(self, obs: np.ndarray) -> torch.Tensor:
-        return self.forward(to_model_input(obs, self.device, self.args.channels_last)).float()
-
     def train_on_rollout(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray) -> None:
         """`--epochs` passes over the rollout in shuffled minibatches of `--batch-size`."""
         a = self.args
@@ -87,11 +83,8 @@ class PQNTrainer(Trainer):
             for t in range(steps):
                 explore = self.exploration()
                 q = self.q_values(obs)
-                greedy = q.argmax(dim=1).cpu().numpy()
                 values[t] = q.max(dim=1).values.cpu().numpy()
-                explore_mask = self.rng.random(num_envs) < explore
-                actions[t] = np.where(explore_mask, self.rng.integers(0, self.env_config["num_actions"], num_envs),
-                                      greedy)
+                actions[t] = self.epsilon_greedy(q, explore)
                 obs_buffer[t] = obs
                 obs, raw, terminated, truncated, info = env.step(actions[t].astype(np.int32))
                 over = game_over_mask(terminated, truncated, info["lives"], lives)

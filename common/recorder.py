@@ -23,8 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.dataset import FRAME_SHAPE, frame_name
+from common.dataset import FRAME_SHAPE
 from common.errors import UserError
+from common.paths import frame_name
 
 RANDOM_ENV_CONFIG = {"game": "breakout", "frame_skip": 4, "stack": 8, "noop_max": 30,
                      "repeat_action_probability": 0.0,

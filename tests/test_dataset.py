@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from common import dataset as ds
+from common import dataset as ds, paths
 from common.errors import UserError
 from tests.conftest import run_script
 
@@ -23,7 +23,7 @@ def data_copy(smoke_data, tmp_path):
 
 
 def edit_level_json(data_dir, change) -> None:
-    path = ds.actions_path(data_dir, 0)
+    path = paths.actions_path(data_dir, 0)
     doc = json.loads(path.read_text())
     change(doc["episodes"][0])
     path.write_text(json.dumps(doc))
@@ -66,8 +66,8 @@ def test_missing_data_names_the_stage_to_run(tmp_path):
         ds.load_episodes(tmp_path)
     with pytest.raises(UserError, match="02_record_videos.py"):
         ds.require_dataset(tmp_path)
-    ds.actions_path(tmp_path, 0).parent.mkdir(parents=True)
-    ds.actions_path(tmp_path, 0).write_text("{not json")
+    paths.actions_path(tmp_path, 0).parent.mkdir(parents=True)
+    paths.actions_path(tmp_path, 0).write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         ds.load_episodes(tmp_path)
 
@@ -92,14 +92,14 @@ def test_unlisted_episode_is_a_problem_unless_a_recording_is_running(data_copy):
     episode = ds.load_episodes(data_copy)[0]
     shutil.copytree(episode.folder, episode.folder.with_name("episode_950"))
     assert any("episode_950" in p for p in ds.verify_dataset(data_copy, decode=False))
-    ds.lock_path(data_copy).write_text(str(os.getpid()))  # a live recording renames before it lists
+    paths.lock_path(data_copy).write_text(str(os.getpid()))  # a live recording renames before it lists
     assert ds.verify_dataset(data_copy, decode=False) == []
     result = run_script("02_record_videos.py", "--policy", "random", "--preset", "smoke", "--data-dir", str(data_copy))
     assert result.returncode == 2 and "another recording" in result.stderr
     # the later stages do not train on a set that another process is still recording
     recorder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        ds.lock_path(data_copy).write_text(str(recorder.pid))
+        paths.lock_path(data_copy).write_text(str(recorder.pid))
         with pytest.raises(UserError, match="still writing"):
             ds.require_dataset(data_copy)
         result = run_script("03_train_latent_action.py", "--preset", "smoke", "--data-dir", str(data_copy),

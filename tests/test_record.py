@@ -11,7 +11,7 @@ import time
 import imageio.v2 as imageio
 import numpy as np
 
-from common import dataset as ds
+from common import dataset as ds, paths
 from common.recorder import choose_split, episode_seed, make_env
 from tests.conftest import REPO, run_script
 
@@ -19,7 +19,7 @@ from tests.conftest import REPO, run_script
 def test_smoke_recording_meets_the_contract(smoke_data):
     episodes = ds.load_episodes(smoke_data)
     assert len(episodes) == 4 and {e.split for e in episodes} == set(ds.SPLITS)
-    doc = json.loads(ds.actions_path(smoke_data, 0).read_text())
+    doc = json.loads(paths.actions_path(smoke_data, 0).read_text())
     assert doc["game"] == "breakout" and doc["frame_skip"] == 4
     assert doc["action_meanings"] == ["NOOP", "FIRE", "RIGHT", "LEFT"]
     for episode in episodes:
@@ -31,12 +31,12 @@ def test_smoke_recording_meets_the_contract(smoke_data):
         frames = ds.read_frames(episode, 0, 5)
         assert frames.shape == (5, 210, 160, 3) and frames.dtype == np.uint8
         assert tuple(frames[0, 60, 80]) == (200, 72, 72)  # RGB order: the top brick row is red
-        video = imageio.get_reader(ds.video_path(smoke_data, 0, episode.index))
+        video = imageio.get_reader(paths.video_path(smoke_data, 0, episode.index))
         assert video.count_frames() == episode.num_frames
         video.close()
     assert ds.verify_dataset(smoke_data, decode=True) == []
     assert {e.actions[0] for e in episodes} != {1}   # the random player is not made to FIRE at a game's start
-    summary = json.loads(ds.summary_path(smoke_data).read_text())["levels"]["0"]
+    summary = json.loads(paths.summary_path(smoke_data).read_text())["levels"]["0"]
     assert summary["episodes"] == 4 and summary["frames"] == 4 * 61
     assert summary["action_changed_share"] > 0.6  # actions drawn afresh every step (3/4 expected)
     assert set(summary["action_histogram"]) == {"NOOP", "FIRE", "RIGHT", "LEFT"}
@@ -63,7 +63,7 @@ def test_interrupted_recording_keeps_only_complete_episodes_and_tops_up(tmp_path
     # SIG_DFL: a test runner started in the background (`cmd &`) ignores SIGINT, and its children inherit that
     process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    json_path = ds.actions_path(data_dir, 0)
+    json_path = paths.actions_path(data_dir, 0)
     deadline = time.time() + 60
     while time.time() < deadline and not (json_path.exists() and len(ds.load_episodes(data_dir)) >= 2):
         time.sleep(0.05)
@@ -73,7 +73,7 @@ def test_interrupted_recording_keeps_only_complete_episodes_and_tops_up(tmp_path
     kept = ds.load_episodes(data_dir)
     assert 2 <= len(kept) < 200
     assert ds.verify_dataset(data_dir, decode=True) == []
-    level_dir = ds.level_frames_dir(data_dir, 0)
+    level_dir = paths.level_frames_dir(data_dir, 0)
     assert sorted(p.name for p in level_dir.iterdir()) == sorted(e.folder.name for e in kept)  # no temp folders
 
     # what a killed run leaves behind (a temp folder, an episode not yet listed) is not data, and is removed
@@ -98,7 +98,7 @@ def test_replace_swaps_the_level_and_reports_missing_checkpoints(tmp_path):
     assert refused.returncode == 2 and "--replace" in refused.stderr  # never mix frame skips in one level
     result = run_script(*base, "--replace", "--seed", "1", "--frame-skip", "2")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(ds.actions_path(data_dir, 0).read_text())["frame_skip"] == 2
+    assert json.loads(paths.actions_path(data_dir, 0).read_text())["frame_skip"] == 2
     second = ds.load_episodes(data_dir)
     assert len(second) == 2 and {e.seed for e in second}.isdisjoint({e.seed for e in first})
     # seeds and splits as in a new recording with that seed, so a replaced level keeps its test episodes
@@ -127,10 +127,10 @@ def test_dqn_levels_record_with_the_checkpoint_and_epsilon(tmp_path):
                         "--max-steps", "30", "--epsilon", "0.5", "--workers", "1", "--no-video",
                         "--checkpoint-dir", str(tmp_path / "ck"), "--data-dir", str(data_dir))
     assert result.returncode == 0, result.stderr[-2000:]
-    doc = json.loads(ds.actions_path(data_dir, 1).read_text())
+    doc = json.loads(paths.actions_path(data_dir, 1).read_text())
     assert doc["policy"] == "dqn" and doc["checkpoint"]["step"] == 123 and doc["checkpoint"]["eval_score"] == 4.0
     assert doc["checkpoint"]["threshold"] == 10.0 and doc["checkpoint"]["threshold_reached"] is False
-    level = json.loads(ds.summary_path(data_dir).read_text())["levels"]["1"]
+    level = json.loads(paths.summary_path(data_dir).read_text())["levels"]["1"]
     assert (level["threshold"], level["threshold_reached"], level["checkpoint_eval_score"]) == (10.0, False, 4.0)
     assert 0 < level["frames_per_life"] <= level["frames"]
     episodes = ds.load_episodes(data_dir)
