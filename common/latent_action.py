@@ -622,7 +622,7 @@ class LatentActionModel(nn.Module):
     def colour_probability(self, logits: torch.Tensor, colour: int) -> torch.Tensor:
         """Logits of predict_with_logits -> one colour class's probability at every pixel (B, 210, 160) float:
         where the model thinks an object of that colour may be."""
-        cells = (logits[..., colour, :] - logits.float().logsumexp(-2)).exp()       # (B, h, w, patch*patch)
+        cells = logits.float().softmax(-2)[..., colour, :]                          # (B, h, w, patch*patch)
         return self.crop(F.pixel_shuffle(cells.permute(0, 3, 1, 2).contiguous(), self.patch)[:, 0])
 
     @torch.no_grad()

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from common.ball_sampler import BALL_H, BALL_W, ball_in_play, commit_ball
+from common.ball_sampler import BALL_H, BALL_W, ball_in_play, ball_placements, commit_ball
 from common.detectors import ball_count, ball_xy
 
 BALL, BLACK = 2, 0
@@ -130,6 +131,16 @@ def test_a_serve_draws_a_ball_for_sure_where_the_thin_mass_peaks_between_bricks_
     assert 0.1 < np.mean(alone) < 0.3
     empty = torch.zeros(1, 210, 160)
     assert torch.equal(commit_ball(classes, empty.__getitem__, BALL, BLACK, 1.0, generator, serve=[True]), classes)
+
+
+def test_ball_placements_are_the_mass_each_ball_sized_box_covers():
+    mass = torch.rand(183, 144, generator=torch.Generator().manual_seed(0))
+    mass[mass < 0.9] = 0
+    pooled = F.avg_pool2d(mass[None, None], (BALL_H, BALL_W), stride=1)[0, 0] * (BALL_H * BALL_W)
+    placements = ball_placements(mass)
+    assert placements.shape == pooled.shape == (183 - BALL_H + 1, 144 - BALL_W + 1)
+    assert torch.allclose(placements, pooled, atol=1e-5)
+    assert torch.isclose(placements[10, 20], mass[10:10 + BALL_H, 20:20 + BALL_W].sum())
 
 
 def test_ball_in_play_looks_between_the_bricks_and_the_paddle():
