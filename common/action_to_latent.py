@@ -205,12 +205,14 @@ class ActionToLatent(nn.Module):
         return self.event_head(hidden)
 
     @torch.no_grad()
-    def event_correction(self, actions: torch.Tensor, past: torch.Tensor, prior_logits: torch.Tensor,
-                         since_ball: torch.Tensor) -> torch.Tensor:
+    def event_correction(self, actions: torch.Tensor, past: torch.Tensor | None, prior_logits: torch.Tensor,
+                         since_ball: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         """actions (B,), past (B, k, 210, 160, 3) uint8, prior logits (B, event_classes), steps since a ball
-        was in play (B,) -> the correction (B, event_classes) to the prior's logits."""
+        was in play (B,) -> the correction (B, event_classes) to the prior's logits. `views` (B, frames_used,
+        VIEW_SIZE), when given, are past's views (views_from_past) and past is not read."""
         device = self.action_embed.weight.device
-        views = self.views_from_past(torch.as_tensor(past)).to(device)
+        views = (self.views_from_past(None if past is None else torch.as_tensor(past)) if views is None
+                 else views).to(device)
         return self.event_correction_from_views(torch.as_tensor(actions, device=device).long(), views,
                                                 prior_logits.to(device), torch.as_tensor(since_ball).to(device))
 
@@ -222,14 +224,16 @@ class ActionToLatent(nn.Module):
         return frame_view(past[:, past.shape[1] - self.frames_used:])
 
     def logits(self, actions: torch.Tensor, past: torch.Tensor | None = None,
-               previous: torch.Tensor | None = None, knob: torch.Tensor | None = None) -> torch.Tensor:
+               previous: torch.Tensor | None = None, knob: torch.Tensor | None = None,
+               views: torch.Tensor | None = None) -> torch.Tensor:
         """actions (B,) int64; past (B, k, 210, 160, 3) uint8 (tensor or numpy) or None; previous
         (B, previous_actions) int64 or None; knob (B,) float or None -> (B, code_positions, num_codes).
-        Only the newest frames_used frames of past are read."""
+        Only the newest frames_used frames of past are read, or their views when `views` is given
+        (the game keeps them from step to step: each frame's view is computed once)."""
         device = self.action_embed.weight.device
-        views = None
-        if self.uses_frames:
-            views = self.views_from_past(None if past is None else torch.as_tensor(past)).to(device)
+        if self.uses_frames and views is None:
+            views = self.views_from_past(None if past is None else torch.as_tensor(past))
+        views = None if not self.uses_frames else views.to(device)
         if previous is not None:
             previous = torch.as_tensor(previous, device=device).long()
         if knob is not None:
@@ -243,9 +247,9 @@ class ActionToLatent(nn.Module):
     @torch.no_grad()
     def sample(self, actions: torch.Tensor, past: torch.Tensor | None = None, temperature: float = 0.0,
                generator: torch.Generator | None = None, previous: torch.Tensor | None = None,
-               knob: torch.Tensor | None = None) -> torch.Tensor:
+               knob: torch.Tensor | None = None, views: torch.Tensor | None = None) -> torch.Tensor:
         """(B, code_positions) int64 codes; temperature 0 = the most likely code (deterministic)."""
-        logits = self.logits(actions, past, previous, knob)
+        logits = self.logits(actions, past, previous, knob, views)
         if temperature <= 0:
             return logits.argmax(-1)
         probs = torch.softmax(logits.float() / temperature, dim=-1).view(-1, self.num_codes)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.action_to_latent import KNOB_START, knob_positions
+from common.action_to_latent import KNOB_START, frame_view, knob_positions
 from common.ball_sampler import (SINCE_BALL_CAP, ball_in_play, balls_to_keep, commit_ball, commit_paddle,
                                   count_since_ball)
 from common.dataset import ACTION_NAMES, FRAME_SHAPE
@@ -88,6 +88,8 @@ class NeuralBreakout:
         self.keep_events = torch.tensor(action_model.config.get("keep_events", []), dtype=torch.int64)
         self.frames: torch.Tensor | None = None   # (1, k, 210, 160, 3) uint8 RGB, oldest first
         self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
+        self.frames_used = int(getattr(action_model, "frames_used", 0))   # newest frames the map reads
+        self.views: torch.Tensor | None = None    # (1, frames_used, 680) uint8: the map's views of those frames
         self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)  # earlier actions, oldest first
         self.knob = KNOB_START  # the paddle knob's position (common/action_to_latent.py)
         self.since_ball = 0     # steps since a frame showed a ball in play (steps_since_ball), which FIRE's serve waits on
@@ -132,6 +134,7 @@ class NeuralBreakout:
         self.knob = float(knob_positions(given, self.knob_frame_skip)[-1]) if self.knob_frame_skip else KNOB_START
         with torch.inference_mode():
             self.indices = self.latent_model.to_index(self.frames).cpu()
+        self.views = frame_view(self.frames[:, self.context_frames - self.frames_used:]) if self.frames_used else None
         self.since_ball = int(self.since_ball_in(self.indices)[0])
         self.steps = 0
 
@@ -146,9 +149,10 @@ class NeuralBreakout:
         if self.frames is None:
             raise RuntimeError("call reset(frames) before step()")
         action = check_action(action)
-        codes = self.latents(self.frames, torch.tensor([action]), temperature, self.previous, torch.tensor([self.knob]))
+        codes = self.latents(self.frames, torch.tensor([action]), temperature, self.previous, torch.tensor([self.knob]),
+                             self.views)
         events = self.events(self.indices, codes, event_temperature, torch.tensor([action]), self.frames,
-                             torch.tensor([self.since_ball]))
+                             torch.tensor([self.since_ball]), self.views)
         rgb, index = self._decode(self.indices, codes, events, event_temperature)
         self.since_ball = int(self.next_since_ball(torch.tensor([self.since_ball]), index)[0])
         self.previous = torch.cat([self.previous[:, 1:], torch.tensor([[action]])], dim=1)
@@ -156,6 +160,8 @@ class NeuralBreakout:
             self.knob = float(knob_positions([action], self.knob_frame_skip, start=self.knob)[-1])
         self.frames = torch.cat([self.frames[:, 1:], rgb[:, None]], dim=1)
         self.indices = torch.cat([self.indices[:, 1:], index[:, None]], dim=1)
+        if self.views is not None:   # each frame's view is computed once, as it arrives
+            self.views = torch.cat([self.views[:, 1:], frame_view(rgb)[:, None]], dim=1)
         self.steps += 1
         return rgb[0].numpy()
 
@@ -197,11 +203,11 @@ class NeuralBreakout:
 
     def events(self, past_index: torch.Tensor, codes: torch.Tensor, event_temperature: float = 1.0,
                actions: torch.Tensor | None = None, past: np.ndarray | torch.Tensor | None = None,
-               since_ball: torch.Tensor | None = None) -> torch.Tensor | None:
+               since_ball: torch.Tensor | None = None, views: torch.Tensor | None = None) -> torch.Tensor | None:
         """The random event classes (B,) drawn from the world model's prior after past (class indices) and
-        the action codes, plus the map's correction for the keys `actions` after `past` (RGB) and the steps
-        since a ball was in play (None: counted within past) when the map has an event head, at
-        `event_temperature` with the game's generator; None for a model without them."""
+        the action codes, plus the map's correction for the keys `actions` after `past` (RGB; or the map's
+        views of it) and the steps since a ball was in play (None: counted within past) when the map has an
+        event head, at `event_temperature` with the game's generator; None for a model without them."""
         if not math.isfinite(event_temperature) or event_temperature < 0:
             raise ValueError(f"event_temperature must be a number >= 0, got {event_temperature}")
         model = self.latent_model
@@ -213,16 +219,17 @@ class NeuralBreakout:
             if getattr(self.action_model, "event_classes", 0) and actions is not None:
                 since_ball = self.since_ball_in(past_index.cpu()) if since_ball is None else since_ball
                 logits = logits + self.action_model.event_correction(actions, as_tensor(past), logits,
-                                                                     since_ball).to(device)
+                                                                     since_ball, views).to(device)
             return model.sample_event(logits, float(event_temperature), self.generator)
 
     def latents(self, past: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor,
                 temperature: float = 0.0, previous: np.ndarray | torch.Tensor | None = None,
-                knob: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+                knob: np.ndarray | torch.Tensor | None = None, views: torch.Tensor | None = None) -> torch.Tensor:
         """The latent action codes (B, P) int64 the action->latent model picks for `actions` after `past`.
 
         `previous` (B, previous_count) are the actions before, oldest first, and `knob` (B,) the paddle
-        knob's positions (knob_positions); None means NOOPs and a knob in the middle, as at a game's start."""
+        knob's positions (knob_positions); None means NOOPs and a knob in the middle, as at a game's start.
+        `views`: the map's views of past's newest frames, when the caller keeps them (step does)."""
         if not math.isfinite(temperature) or temperature < 0:
             raise ValueError(f"temperature must be a number >= 0, got {temperature}")
         actions = torch.as_tensor(actions, dtype=torch.int64)
@@ -237,7 +244,8 @@ class NeuralBreakout:
         with torch.inference_mode():
             return self.action_model.sample(actions, as_tensor(past), temperature=float(temperature),
                                             generator=self.generator if temperature > 0 else None,
-                                            previous=previous, knob=None if knob is None else torch.as_tensor(knob))
+                                            previous=previous, knob=None if knob is None else torch.as_tensor(knob),
+                                            views=views)
 
     def predict(self, past: np.ndarray | torch.Tensor, codes: torch.Tensor,
                 events: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from common import paths
-from common.action_to_latent import knob_positions
+from common.action_to_latent import frame_view, knob_positions
 from common.dataset import FIRE, LEFT, NOOP, RIGHT
 from common.errors import UserError
 from common.metrics import PSNR_CAP_DB
@@ -162,6 +162,8 @@ def test_steps_are_the_world_models_predictions_fed_back(game, start_frames):
         np.testing.assert_array_equal(frame[~committed], argmax[~committed])
         np.testing.assert_array_equal(game.frames[0, -1].numpy(), frame)
         np.testing.assert_array_equal(game.frames[0, :-1].numpy(), past[0, 1:].numpy())
+        # the map's views, kept one new frame a step, are those of the newest frames
+        assert game.frames_used >= 1 and torch.equal(game.views, frame_view(game.frames[:, -game.frames_used:]))
 
 
 def test_bad_inputs_raise_clear_errors(smoke_action_to_latent, start_frames):
