@@ -47,8 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=positive_int, default=16,
                         help="transitions per encoder call (a small batch keeps the first layer's input in cache)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="CPU threads (1 is the fastest on a busy machine; part4.md)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads (default: every core; 1 can be faster when other jobs share the cores; "
+                             "part4.md)")
     return parser.parse_args()
 
 
