@@ -31,17 +31,18 @@ def stage_commands(preset: str, data_dir: str, ckpt_dir: str, log_dir: str,
     """(name, argv) for each stage; 06 runs headless: an evaluation and the random-player GIF.
     Every stage that draws random numbers gets the same --seed."""
     dirs = ["--data-dir", data_dir, "--checkpoint-dir", ckpt_dir]
-    with_preset = ["--preset", preset, *dirs, "--seed", str(seed)]
+    seeded = ["--seed", str(seed)]
+    with_preset = ["--preset", preset, *dirs, *seeded]
     return [
         ("01 train the agent", ["01_train_dqn.py", "--preset", preset, "--checkpoint-dir", ckpt_dir, "--log-dir", log_dir,
-                                "--seed", str(seed)]),
+                                *seeded]),
         ("02 record videos", ["02_record_videos.py", *with_preset]),
         ("03 train latent actions + world model", ["03_train_latent_action.py", *with_preset, "--log-dir", log_dir]),
         ("04 collect action-latent pairs", ["04_collect_action_latent_pairs.py", *dirs]),
         ("05 train action->latent", ["05_train_action_to_latent.py", *with_preset]),
         ("06 evaluate control", ["06_play_neural_breakout.py", "--evaluate", *with_preset]),
         ("06 neural game GIF", ["06_play_neural_breakout.py", "--headless", "--policy", "random",
-                                "--steps", "60" if preset == "smoke" else "300", *dirs, "--seed", str(seed)]),
+                                "--steps", "60" if preset == "smoke" else "300", *dirs, *seeded]),
     ]
 
 

@@ -231,9 +231,11 @@ class ActionToLatent(nn.Module):
         Only the newest frames_used frames of past are read, or their views when `views` is given
         (the game keeps them from step to step: each frame's view is computed once)."""
         device = self.action_embed.weight.device
-        if self.uses_frames and views is None:
-            views = self.views_from_past(None if past is None else torch.as_tensor(past))
-        views = None if not self.uses_frames else views.to(device)
+        if not self.uses_frames:
+            views = None
+        else:
+            views = (self.views_from_past(None if past is None else torch.as_tensor(past)) if views is None
+                     else views).to(device)
         if previous is not None:
             previous = torch.as_tensor(previous, device=device).long()
         if knob is not None:

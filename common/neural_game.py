@@ -88,8 +88,7 @@ class NeuralBreakout:
         self.keep_events = torch.tensor(action_model.config.get("keep_events", []), dtype=torch.int64)
         self.frames: torch.Tensor | None = None   # (1, k, 210, 160, 3) uint8 RGB, oldest first
         self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
-        self.frames_used = int(getattr(action_model, "frames_used", 0))   # newest frames the map reads
-        self.views: torch.Tensor | None = None    # (1, frames_used, 680) uint8: the map's views of those frames
+        self.views: torch.Tensor | None = None    # (1, frames_used, 680) uint8: the map's views of the newest frames
         self.previous = torch.zeros(1, self.previous_count, dtype=torch.int64)  # earlier actions, oldest first
         self.knob = KNOB_START  # the paddle knob's position (common/action_to_latent.py)
         self.since_ball = 0     # steps since a frame showed a ball in play (steps_since_ball), which FIRE's serve waits on
@@ -134,7 +133,8 @@ class NeuralBreakout:
         self.knob = float(knob_positions(given, self.knob_frame_skip)[-1]) if self.knob_frame_skip else KNOB_START
         with torch.inference_mode():
             self.indices = self.latent_model.to_index(self.frames).cpu()
-        self.views = frame_view(self.frames[:, self.context_frames - self.frames_used:]) if self.frames_used else None
+        uses_frames = getattr(self.action_model, "uses_frames", False)
+        self.views = self.action_model.views_from_past(self.frames) if uses_frames else None
         self.since_ball = int(self.since_ball_in(self.indices)[0])
         self.steps = 0
 

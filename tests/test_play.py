@@ -163,7 +163,8 @@ def test_steps_are_the_world_models_predictions_fed_back(game, start_frames):
         np.testing.assert_array_equal(game.frames[0, -1].numpy(), frame)
         np.testing.assert_array_equal(game.frames[0, :-1].numpy(), past[0, 1:].numpy())
         # the map's views, kept one new frame a step, are those of the newest frames
-        assert game.frames_used >= 1 and torch.equal(game.views, frame_view(game.frames[:, -game.frames_used:]))
+        frames_used = game.action_model.frames_used
+        assert frames_used >= 1 and torch.equal(game.views, frame_view(game.frames[:, -frames_used:]))
 
 
 def test_bad_inputs_raise_clear_errors(smoke_action_to_latent, start_frames):
