@@ -79,6 +79,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--evaluate", action="store_true", help="measure control and play speed, write "
                         "CHECKPOINT_DIR/latent_action/control_metrics.json")
     add_preset_arg(parser)
+    parser.add_argument("--eval-threads", type=non_negative_int, default=0,
+                        help="evaluate: torch threads for the batched rollouts (0 = every core); the play speed "
+                             "is measured at --threads")
     parser.add_argument("--control-steps", type=positive_int, default=30, help="evaluate: rollout steps scored")
     parser.add_argument("--drift-steps", type=positive_int, default=50, help="evaluate: PSNR by step up to this")
     parser.add_argument("--max-windows", type=positive_int, default=None, help="evaluate: rollout start points per skill level")
@@ -109,6 +112,8 @@ def start_episodes(data_dir: str, k: int) -> tuple[list, str]:
 # ---------------------------------------------------------------- evaluation
 def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list, split: str,
                  rng: np.random.Generator) -> None:
+    eval_threads = args.eval_threads or os.cpu_count() or 1
+    torch.set_num_threads(eval_threads)  # the rollouts run many games in a batch
     try:
         control = evaluate_control(game, episodes, control_steps=args.control_steps,
                                    drift_steps=args.drift_steps, max_windows=args.max_windows,
@@ -144,7 +149,7 @@ def run_evaluate(args: argparse.Namespace, game: NeuralBreakout, episodes: list,
         "split": split,
         "play_threads": args.threads,
         "game": game_measures,
-        "details": {**control, "speed_by_threads": speeds, "preset": args.preset},
+        "details": {**control, "speed_by_threads": speeds, "preset": args.preset, "eval_threads": eval_threads},
     }
     if "inferred_latents" in control:
         metrics["inferred_latents_paddle_within_3px"] = control["inferred_latents"]["paddle_within_3px"]

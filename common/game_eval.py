@@ -228,16 +228,15 @@ def serve_summary(neural: Sequence[tuple], emulator: Sequence[tuple]) -> dict[st
 
 
 def serve_first_balls(game: Any, emulator: Emulator, starts: Sequence[Start], event_temperature: float = 1.0,
-                      actions: Sequence[int] = SERVE_ACTIONS) -> tuple[list[tuple], list[tuple]]:
+                      actions: Sequence[int] = SERVE_ACTIONS, batch_size: int = 16) -> tuple[list[tuple], list[tuple]]:
     """(step, x) of the first ball after `actions` (FIRE then NOOPs) from each start: (neural, emulator)."""
-    neural, real = [], []
-    for start in tqdm(starts, desc="serves", unit="start", leave=False):
-        game.reset(start.frames, start.actions)
-        neural.append(first_ball([game.step(a, temperature=0.0, event_temperature=event_temperature)
-                                  for a in actions]))
+    generated = neural_games(game, starts, len(actions), lambda n, s, frame: actions[s], event_temperature,
+                             batch_size=batch_size, desc="serves")
+    real = []
+    for start in starts:
         emulator.restore(start)
         real.append(first_ball([emulator.step(a) for a in actions]))
-    return neural, real
+    return [first_ball(frames) for frames in generated], real
 
 
 # ----- ball in play: windows -----
@@ -264,6 +263,55 @@ def emulator_windows(emulator: Emulator, starts: Sequence[Start], steps: int, se
     return windows
 
 
+def neural_games(game: Any, starts: Sequence[Start], steps: int, choose: Callable[[int, int, np.ndarray], int],
+                 event_temperature: float = 1.0, real: np.ndarray | None = None, batch_size: int = 8,
+                 desc: str = "neural games") -> np.ndarray:
+    """(N, steps, 210, 160, 3): the neural game played `steps` steps from each start, `batch_size` games
+    in one batch (step_batch), each keeping its own actions, knob and steps since a ball, as step() does.
+
+    choose(n, s, frame) is game n's action at step s after its newest frame: fixed actions (open loop)
+    or a policy reading the frame (closed loop). With `real` (N, k + steps, 210, 160, 3), the emulator's
+    frames from each start, each step's random event is the one the latent model infers from them
+    (teacher forcing) instead of a draw from the prior.
+    """
+    k, out = game.context_frames, []
+    counts = hasattr(game, "next_since_ball")   # the steps since a ball, counted on as the game does
+    progress = tqdm(total=len(starts) * steps, desc=desc, unit="step", leave=False)
+    for first in range(0, len(starts), batch_size):
+        chunk = starts[first:first + batch_size]
+        past = torch.from_numpy(np.stack([start.frames for start in chunk]))
+        histories = [list(start.actions) for start in chunk]
+        knob = ([float(knob_positions(h, game.knob_frame_skip)[-1]) for h in histories]
+                if game.knob_frame_skip else None)
+        truth = None if real is None else torch.from_numpy(real[first:first + batch_size])
+        with torch.inference_mode():
+            since_ball = game.since_ball_in(game.latent_model.to_index(past)) if counts else None
+        generated = []
+        for s in range(steps):
+            actions = [choose(first + b, s, frame) for b, frame in enumerate(past[:, -1].numpy())]
+            previous = np.concatenate([previous_action_rows(h, [len(h)], game.previous_count) for h in histories])
+            with torch.inference_mode():
+                events = (game.latent_model.encode_event(truth[:, s:s + k], truth[:, s + k])
+                          if truth is not None else None)
+                nxt = game.step_batch(past, torch.tensor(actions), temperature=0.0,
+                                      previous=torch.from_numpy(previous),
+                                      knob=None if knob is None else torch.tensor(knob),
+                                      event_temperature=event_temperature, events=events,
+                                      **({"since_ball": since_ball} if counts else {}))
+                if counts:
+                    since_ball = game.next_since_ball(since_ball, game.latent_model.to_index(nxt))
+            past = torch.cat([past[:, 1:], nxt[:, None]], dim=1)
+            for h, action in zip(histories, actions):
+                h.append(int(action))
+            if knob is not None:
+                knob = [float(knob_positions([a], game.knob_frame_skip, start=v)[-1]) for a, v in zip(actions, knob)]
+            generated.append(nxt.numpy())
+            progress.update(len(chunk))
+        out.append(np.stack(generated, axis=1))
+    progress.close()
+    return np.concatenate(out)
+
+
 def neural_windows(game: Any, windows: Sequence[Window], teacher_forced: bool = False, event_temperature: float = 1.0,
                    batch_size: int = 8) -> np.ndarray:
     """(N, T, 210, 160, 3): the neural game fed each window's actions open loop (on its own frames).
@@ -271,36 +319,10 @@ def neural_windows(game: Any, windows: Sequence[Window], teacher_forced: bool = 
     Teacher-forced, each step's random event is the one the latent model infers from the emulator's
     real frames instead of a draw from the prior.
     """
-    k, out = game.context_frames, []
-    for first in tqdm(range(0, len(windows), batch_size), desc="neural windows", unit="batch", leave=False):
-        chunk = windows[first:first + batch_size]
-        steps = len(chunk[0].actions)
-        past = torch.from_numpy(np.stack([w.start.frames for w in chunk]))
-        actions = torch.from_numpy(np.stack([w.actions for w in chunk]))
-        histories = [w.start.actions + w.actions.tolist() for w in chunk]
-        t = [len(w.start.actions) + np.arange(steps) for w in chunk]
-        previous = torch.from_numpy(np.stack([previous_action_rows(h, ti, game.previous_count)
-                                              for h, ti in zip(histories, t)]))
-        knob = (torch.from_numpy(np.stack([knob_positions(h, game.knob_frame_skip)[ti] for h, ti in zip(histories, t)]))
-                if game.knob_frame_skip else None)
-        real = (torch.from_numpy(np.stack([np.concatenate([w.start.frames, w.frames]) for w in chunk]))
-                if teacher_forced else None)
-        generated = []
-        counts = hasattr(game, "next_since_ball")   # the steps since a ball, counted on as the game does
-        with torch.inference_mode():
-            since_ball = game.since_ball_in(game.latent_model.to_index(past)) if counts else None
-        for s in range(steps):
-            with torch.inference_mode():
-                events = game.latent_model.encode_event(real[:, s:s + k], real[:, s + k]) if teacher_forced else None
-                nxt = game.step_batch(past, actions[:, s], temperature=0.0, previous=previous[:, s],
-                                      knob=None if knob is None else knob[:, s], event_temperature=event_temperature,
-                                      events=events, **({"since_ball": since_ball} if counts else {}))
-                if counts:
-                    since_ball = game.next_since_ball(since_ball, game.latent_model.to_index(nxt))
-                past = torch.cat([past[:, 1:], nxt[:, None]], dim=1)
-            generated.append(nxt.numpy())
-        out.append(np.stack(generated, axis=1))
-    return np.concatenate(out)
+    real = np.stack([np.concatenate([w.start.frames, w.frames]) for w in windows]) if teacher_forced else None
+    return neural_games(game, [w.start for w in windows], len(windows[0].actions),
+                        lambda n, s, frame: int(windows[n].actions[s]), event_temperature, real, batch_size,
+                        desc="neural windows")
 
 
 def _ball_counts(frames: Sequence[np.ndarray]) -> np.ndarray:
@@ -403,18 +425,17 @@ def long_play(game: Any, emulator: Emulator, starts: Sequence[Start], steps: int
     The emulator's game stops early when it is over (its last lost life never shows on the lives
     digit); the neural game has no end.
     """
-    per_game = []
     label = "random keys" if random_share >= 1.0 else "long play"
-    for n, start in enumerate(tqdm(starts, desc=label, unit="game")):
-        game.reset(start.frames, start.actions)
-        rng = np.random.default_rng([seed, 4, n])
-        neural = _play(lambda a: game.step(a, temperature=0.0, event_temperature=event_temperature),
-                       start.frames[-1], steps, lambda frame: follow_ball(frame, rng, random_share))
+    rngs = [np.random.default_rng([seed, 4, n]) for n in range(len(starts))]
+    neural = neural_games(game, starts, steps, lambda n, s, frame: follow_ball(frame, rngs[n], random_share),
+                          event_temperature, batch_size=len(starts), desc=f"{label}, neural")
+    per_game = []
+    for n, start in enumerate(tqdm(starts, desc=f"{label}, emulator", unit="game", leave=False)):
         rng = np.random.default_rng([seed, 4, n])  # the same draws for the emulator's game
         emulator.restore(start)
         real = _play(emulator.step, start.frames[-1], steps, lambda frame: follow_ball(frame, rng, random_share),
                      lambda: emulator.over)
-        per_game.append({"neural": game_stats([start.frames[-1], *neural]),
+        per_game.append({"neural": game_stats([start.frames[-1], *neural[n]]),
                          "emulator": game_stats([start.frames[-1], *real])})
     return {"games": len(per_game), "steps": steps, "per_game": per_game,
             "total": {side: total_stats([g[side] for g in per_game]) for side in ("neural", "emulator")}}
