@@ -57,6 +57,10 @@ from common.detectors import (BALL_MAX_H, BALL_MAX_W, BRICK_H, BRICK_ROWS, BRICK
 BALL_H, BALL_W = 4, 2           # the ball as the emulator draws it at frame skip 4
 BALL_AREA = BALL_H * BALL_W
 WHOLE_BALL_PX = 6               # a red blob of ball size with at least this many pixels is a ball
+# a red blob up to this size that is not ball-sized is a smear of the ball over two places (the decoder
+# unsure where it went); the committer clears it like a speck, so that the ball it draws does not touch it
+# (a single red brick is 8 px wide)
+SMEAR_MAX_W, SMEAR_MAX_H = 2 * BALL_W + 2, 2 * BALL_H + 2
 MASS_FLOOR = 0.02               # ball-colour probabilities below this are noise, not a possible ball
 STEP_REACH = 16                 # pixels a ball can move in one agent step (4 frames), with margin
 PADDLE_REACH = PADDLE_WIDTH // 2 + STEP_REACH   # ball centre to paddle centre, in x, for the paddle to send it back
@@ -96,11 +100,11 @@ def count_since_ball(since: np.ndarray | int, in_play: np.ndarray | bool) -> np.
     return np.where(in_play, 0, np.minimum(np.asarray(since) + 1, SINCE_BALL_CAP))
 
 
-def _ball_blobs(red: np.ndarray) -> list[tuple[np.ndarray, int]]:
-    """(pixel mask, area) of every ball-sized red component of a (H, W) bool mask."""
+def _ball_blobs(red: np.ndarray, max_w: int = BALL_MAX_W, max_h: int = BALL_MAX_H) -> list[tuple[np.ndarray, int, bool]]:
+    """(pixel mask, area, ball-sized) of every red component of a (H, W) bool mask within max_w x max_h."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(red.astype(np.uint8), connectivity=8)
-    return [(labels == label, int(stats[label][4])) for label in range(1, count)
-            if stats[label][2] <= BALL_MAX_W and stats[label][3] <= BALL_MAX_H]
+    return [(labels == label, int(stats[label][4]), bool(stats[label][2] <= BALL_MAX_W and stats[label][3] <= BALL_MAX_H))
+            for label in range(1, count) if stats[label][2] <= max_w and stats[label][3] <= max_h]
 
 
 def _top_left(mask: np.ndarray) -> tuple[int, int]:
@@ -133,7 +137,7 @@ def balls_to_keep(classes: torch.Tensor, ball_class: int, events: torch.Tensor |
     found = []
     for b, frame in enumerate(classes.numpy()):
         area = frame[ABOVE_PADDLE, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class
-        whole = [mask for mask, size in _ball_blobs(area) if size >= WHOLE_BALL_PX]
+        whole = [mask for mask, size, _ in _ball_blobs(area) if size >= WHOLE_BALL_PX]
         place = None
         if len(whole) == 1:
             y, x = _top_left(whole[0])
@@ -174,11 +178,11 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
         area = out[b, rows, cols].numpy()
         last = keep[b] if keep is not None else None
         last_here = None if last is None else (last[0] - PLAY_TOP, last[1] - PLAY_LEFT)
-        blobs = _ball_blobs(area == ball_class)
-        whole = [(mask, size) for mask, size in blobs if size >= WHOLE_BALL_PX]
+        blobs = _ball_blobs(area == ball_class, SMEAR_MAX_W, SMEAR_MAX_H)
+        whole = [(mask, size) for mask, size, ball_sized in blobs if ball_sized and size >= WHOLE_BALL_PX]
         # Breakout has one ball: the one nearest the ball kept, else the largest
         kept = min(whole, key=lambda blob: (_distance(blob[0], last_here), -blob[1]))[0] if whole else None
-        for mask, _ in blobs:        # specks (a fading ball, a trace beside the ball) and extra balls are
+        for mask, _, _ in blobs:     # specks (a fading ball, a trace beside the ball), smears and extra balls are
             if mask is not kept:     # cleared; their probability still counts
                 area[mask] = background_class
         if kept is not None:

@@ -111,6 +111,23 @@ def test_one_ball_is_left_the_one_nearest_the_ball_in_flight_and_specks_go():
     assert ball_count(out) == 1 and ball_xy(out) == (20.5, 151.5)
 
 
+def test_a_ball_smeared_over_two_places_becomes_one_whole_ball_and_a_red_brick_stays():
+    """The decoder, unsure where the ball went, draws it at two overlapping places (a 4 x 6 blob, not
+    ball-sized): the smear is cleared and one ball drawn where its probability peaks, apart from nothing."""
+    classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    classes[0, 57:63, 8:16] = BALL                    # a single red brick of the top row (8 x 6) ...
+    classes[0, 125:129, 62:64] = BALL                 # ... and the ball drawn at two touching places
+    classes[0, 127:131, 60:62] = BALL
+    prob = torch.zeros(1, 210, 160)
+    prob[0, 125:129, 62:64] = 0.6
+    prob[0, 127:131, 60:62] = 0.4
+    for temperature in (1.0, 0.0):
+        out = rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, temperature, torch.Generator().manual_seed(0),
+                              [(120, 60)])[0])
+        assert ball_count(out) == 1 and ball_xy(out) == (62.5, 126.5)
+        assert (out[57:63, 8:16, 0] == 200).all()     # the brick is no smear
+
+
 def test_a_serve_draws_a_ball_for_sure_where_the_thin_mass_peaks_between_bricks_and_paddle():
     """Given a serve class the decoder may expect a fraction of a ball: the serve still shows one, in
     proportion to where the mass lies, and never among the bricks (whose red is the ball's)."""
