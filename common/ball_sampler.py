@@ -35,7 +35,9 @@ ball mass between the bricks and the paddle (however thin). Given a serve class 
 only 0.2-0.57 of a ball after a lost life (part5.md): it knows a ball comes, not where, and spreads it.
 
 The committer works on the rows above the paddle: the paddle has the ball's colour, so a ball touching
-it is found on its own there, and what happens beside and below the paddle is left to the decoder.
+it is found on its own there, and what happens beside and below the paddle is left to the decoder,
+but for one thing: where the ball above is kept (in flight, or sent back), a ball-sized blob beside
+the paddle is a second ball, which no step can have brought there, and it is cleared.
 
 The paddle stays too (commit_paddle): where the ball met the paddle the decoder sometimes smeared the
 paddle into specks, and a frame without one is fed back, so the paddle never came back (2 of 8 neural
@@ -52,7 +54,7 @@ import torch.nn.functional as F
 from typing import Callable
 
 from common.detectors import (BALL_MAX_H, BALL_MAX_W, BRICK_H, BRICK_ROWS, BRICK_TOP, PADDLE_ROWS, PADDLE_WIDTH,
-                              PLAY_LEFT, PLAY_RIGHT, PLAY_TOP, paddle_centre)
+                              PLAY_BOTTOM, PLAY_LEFT, PLAY_RIGHT, PLAY_TOP, paddle_centre)
 
 BALL_H, BALL_W = 4, 2           # the ball as the emulator draws it at frame skip 4
 BALL_AREA = BALL_H * BALL_W
@@ -69,6 +71,7 @@ FLIGHT_ROWS = (PLAY_TOP, PADDLE_ROWS.start - STEP_REACH)
 BELOW_BRICKS = slice(BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start)   # where a ball in play is, bar one among the bricks
 AT_PADDLE = slice(FLIGHT_ROWS[1], PADDLE_ROWS.start)      # a ball here is sent back or missed on the next step
 ABOVE_PADDLE = slice(PLAY_TOP, PADDLE_ROWS.start)         # the rows the committer works on
+BESIDE_PADDLE = slice(PADDLE_ROWS.start, PLAY_BOTTOM + 1)  # a missed ball passes here
 
 
 def ball_in_play(classes: torch.Tensor, ball_class: int, rows: slice = BELOW_BRICKS) -> torch.Tensor:
@@ -171,7 +174,8 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
     (210, 160), asked for only where a frame shows no whole ball -> the frames with the ball committed
     (a copy; in frames that show a whole ball only the specks are cleared). keep[b]: the previous frame's
     ball (balls_to_keep), which frame b then keeps, or None. serve[b]: frame b is a serve, which
-    shows a ball between the bricks and the paddle. Only the rows above the paddle are read and drawn."""
+    shows a ball between the bricks and the paddle. Only the rows above the paddle are read and drawn,
+    and where a ball is kept, a ball-sized blob beside the paddle is cleared."""
     out = classes.clone()
     rows, cols = ABOVE_PADDLE, slice(PLAY_LEFT, PLAY_RIGHT + 1)
     for b in range(len(classes)):
@@ -185,6 +189,10 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
         for mask, _, _ in blobs:     # specks (a fading ball, a trace beside the ball), smears and extra balls are
             if mask is not kept:     # cleared; their probability still counts
                 area[mask] = background_class
+        if last is not None:   # Breakout has one ball, and the one kept is above the paddle
+            beside = out[b, BESIDE_PADDLE, cols].numpy()
+            for mask, _, _ in _ball_blobs(beside == ball_class):
+                beside[mask] = background_class
         if kept is not None:
             continue
         serving = last is None and serve is not None and serve[b]

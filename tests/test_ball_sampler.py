@@ -128,6 +128,20 @@ def test_a_ball_smeared_over_two_places_becomes_one_whole_ball_and_a_red_brick_s
         assert (out[57:63, 8:16, 0] == 200).all()     # the brick is no smear
 
 
+def test_a_second_ball_beside_the_paddle_goes_while_the_ball_above_is_kept():
+    classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    classes[0, 116:120, 62:64] = BALL                 # the ball in flight, one step from the last one
+    classes[0, 190:194, 30:32] = BALL                 # a ball the decoder drew beside the paddle
+    classes[0, 189:193, 100:116] = BALL               # the paddle
+    nothing = torch.zeros(1, 210, 160)
+    out = rgb(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(120, 60)])[0])
+    assert ball_count(out) == 1 and ball_xy(out) == (62.5, 117.5)
+    assert (out[189:193, 100:116, 0] == 200).all()    # the paddle stays
+    alone = classes.clone()
+    alone[0, 116:120, 62:64] = BLACK                   # no ball above and none kept: a missed ball passing by
+    assert torch.equal(commit_ball(alone, nothing.__getitem__, BALL, BLACK, 1.0, None, [None]), alone)
+
+
 def test_a_serve_draws_a_ball_for_sure_where_the_thin_mass_peaks_between_bricks_and_paddle():
     """Given a serve class the decoder may expect a fraction of a ball: the serve still shows one, in
     proportion to where the mass lies, and never among the bricks (whose red is the ball's)."""
