@@ -16,7 +16,9 @@ whole one) and extra whole balls are cleared in every frame; their mass counts.
 A ball in flight stays in play: when the previous frame showed one whole ball anywhere from the top
 wall down to far enough above the paddle that no step can take it off the screen (among the bricks
 too), the next frame shows one too, where the model's mass peaks within a step's reach of it
-(however thin that mass).
+(however thin that mass). So does a ball nearer the paddle that is rising, or whose last move, made
+again, leaves it above the paddle: a ball crosses those rows in up to four steps, and only the step that
+takes it to the paddle may lose it.
 Breakout never removes a ball there, but a per-pixel decoder unsure of the ball's exact next place
 spreads its probability so thin that the expected count above is a poor chance of a ball: on the
 steps where the ball was lost, the decoder had put a median of 0.2 ball of mass off its argmax
@@ -130,22 +132,37 @@ def _paddle_within_reach(frame: np.ndarray, ball_class: int, ball_x: float) -> b
     return paddle is not None and abs(ball_x - paddle) <= PADDLE_REACH
 
 
+def _whole_ball_top_left(frame: np.ndarray, ball_class: int) -> tuple[int, int] | None:
+    """(row, column) in the play area of the one whole ball above the paddle of a (210, 160) frame of colour
+    classes, or None where there is none, or more than one."""
+    area = frame[ABOVE_PADDLE, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class
+    whole = [mask for mask, size, _ in _ball_blobs(area) if size >= WHOLE_BALL_PX]
+    return _top_left(whole[0]) if len(whole) == 1 else None
+
+
 def balls_to_keep(classes: torch.Tensor, ball_class: int, events: torch.Tensor | None = None,
                   keep_events: torch.Tensor | None = None, in_flight: bool = True,
-                  at_paddle: bool = True) -> list[tuple[int, int] | None]:
+                  at_paddle: bool = True, before: torch.Tensor | None = None) -> list[tuple[int, int] | None]:
     """For the previous frames (B, 210, 160) of colour classes: the (row, column) of the top-left pixel of
     the one whole ball that the next frames keep, or None. A ball in FLIGHT_ROWS is kept (in_flight); a ball
     in AT_PADDLE is kept when the step's event class (events (B,)) is one of keep_events and the paddle is
-    within PADDLE_REACH of it (at_paddle)."""
+    within PADDLE_REACH of it (at_paddle).
+
+    With the frames `before` those (B, 210, 160), the ball's last move says more (in_flight): a rising
+    ball is kept, and so is a falling one whose next move at the same speed leaves it above the paddle.
+    A ball crosses AT_PADDLE in up to four steps (4-8 px a step in the emulator); without its speed,
+    every one of those steps was a draw of the event that could miss it, where the game has one."""
     found = []
     for b, frame in enumerate(classes.numpy()):
-        area = frame[ABOVE_PADDLE, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class
-        whole = [mask for mask, size, _ in _ball_blobs(area) if size >= WHOLE_BALL_PX]
+        ball = _whole_ball_top_left(frame, ball_class)
         place = None
-        if len(whole) == 1:
-            y, x = _top_left(whole[0])
+        if ball is not None:
+            y, x = ball
             top = y + PLAY_TOP
             flying = in_flight and FLIGHT_ROWS[0] <= top < FLIGHT_ROWS[1]
+            if in_flight and not flying and before is not None:
+                last = _whole_ball_top_left(before[b].numpy(), ball_class)
+                flying = last is not None and top + (y - last[0]) + BALL_H <= PADDLE_ROWS.start
             sent_back = (at_paddle and top >= AT_PADDLE.start and events is not None and keep_events is not None
                          and bool(torch.isin(events[b:b + 1].cpu(), keep_events))
                          and _paddle_within_reach(frame, ball_class, x + PLAY_LEFT + (BALL_W - 1) / 2))

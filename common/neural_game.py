@@ -270,8 +270,9 @@ class NeuralBreakout:
                                                       None if events is None else events.to(device))
             if commit:
                 last = past_index[:, -1].cpu()
+                before = past_index[:, -2].cpu() if past_index.shape[1] > 1 else None
                 keep = balls_to_keep(last, self.ball_class, events, self.keep_events, self.keep_ball_in_flight,
-                                     self.keep_ball_at_paddle)
+                                     self.keep_ball_at_paddle, before)
                 serve = None
                 if events is not None and len(self.serve_events):
                     serve = (torch.isin(events.cpu(), self.serve_events) & ~ball_in_play(last, self.ball_class)).tolist()

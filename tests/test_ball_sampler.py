@@ -182,6 +182,27 @@ def test_ball_in_play_looks_between_the_bricks_and_the_paddle():
     assert ball_in_play(frames, BALL).tolist() == [False, True, False, False]
 
 
+def test_the_balls_last_move_keeps_it_in_flight_until_it_can_reach_the_paddle():
+    """Near the paddle the ball's speed says whether this step can take it past: a ball falling 4 px a step
+    from 8 rows above the paddle is still in flight, one falling 8 px a step may reach the paddle (the
+    event decides), and a rising ball always stays."""
+    from common.ball_sampler import AT_PADDLE, balls_to_keep
+
+    last = torch.zeros(3, 210, 160, dtype=torch.uint8)
+    last[:, 177:181, 60:62] = BALL                   # the ball's bottom row 8 px above the paddle (row 189)
+    before = torch.zeros(3, 210, 160, dtype=torch.uint8)
+    before[0, 173:177, 58:60] = BALL                 # 4 px higher: next at rows 181-184, above the paddle
+    before[1, 169:173, 58:60] = BALL                 # 8 px higher: next at rows 185-188, touching it
+    before[2, 181:185, 58:60] = BALL                 # 4 px lower: rising
+    assert AT_PADDLE.start <= 177
+    assert balls_to_keep(last, BALL) == [None, None, None]                    # no speed: the event decides
+    assert balls_to_keep(last, BALL, before=before) == [(177, 60), (177, 60), (177, 60)]
+    before[1, 165:169, 58:60], before[1, 169:173, 58:60] = BALL, BLACK        # 12 px a step: it may reach
+    assert balls_to_keep(last, BALL, before=before) == [(177, 60), None, (177, 60)]
+    assert balls_to_keep(last, BALL, before=before, in_flight=False) == [None, None, None]
+    assert balls_to_keep(last, BALL, before=torch.zeros_like(before)) == [None, None, None]  # no ball before
+
+
 def test_a_ball_at_the_paddle_is_kept_when_the_random_event_sends_it_back():
     """Just above the paddle the ball may come back or be missed: the event class decides where the paddle
     can reach the ball, and a ball touching the paddle (which has the ball's colour) is still found on its own."""
