@@ -142,16 +142,18 @@ def _whole_ball_top_left(frame: np.ndarray, ball_class: int) -> tuple[int, int] 
 
 def balls_to_keep(classes: torch.Tensor, ball_class: int, events: torch.Tensor | None = None,
                   keep_events: torch.Tensor | None = None, in_flight: bool = True,
-                  at_paddle: bool = True, before: torch.Tensor | None = None) -> list[tuple[int, int] | None]:
-    """For the previous frames (B, 210, 160) of colour classes: the (row, column) of the top-left pixel of
-    the one whole ball that the next frames keep, or None. A ball in FLIGHT_ROWS is kept (in_flight); a ball
-    in AT_PADDLE is kept when the step's event class (events (B,)) is one of keep_events and the paddle is
-    within PADDLE_REACH of it (at_paddle).
+                  at_paddle: bool = True, before: torch.Tensor | None = None) -> list[tuple[int, int, int] | None]:
+    """For the previous frames (B, 210, 160) of colour classes: (row, column, heading) of the top-left pixel
+    of the one whole ball that the next frames keep, or None. A ball in FLIGHT_ROWS is kept (in_flight); a
+    ball in AT_PADDLE is kept when the step's event class (events (B,)) is one of keep_events and the paddle
+    is within PADDLE_REACH of it (at_paddle).
 
     With the frames `before` those (B, 210, 160), the ball's last move says more (in_flight): a rising
     ball is kept, and so is a falling one whose next move at the same speed leaves it above the paddle.
     A ball crosses AT_PADDLE in up to four steps (4-8 px a step in the emulator); without its speed,
-    every one of those steps was a draw of the event that could miss it, where the game has one."""
+    every one of those steps was a draw of the event that could miss it, where the game has one.
+    Such a ball keeps its heading, 1 down or -1 up (0: either way): near the paddle nothing else turns it,
+    and a falling ball sent back up there would bounce off bare floor."""
     found = []
     for b, frame in enumerate(classes.numpy()):
         ball = _whole_ball_top_left(frame, ball_class)
@@ -160,13 +162,15 @@ def balls_to_keep(classes: torch.Tensor, ball_class: int, events: torch.Tensor |
             y, x = ball
             top = y + PLAY_TOP
             flying = in_flight and FLIGHT_ROWS[0] <= top < FLIGHT_ROWS[1]
+            heading = 0
             if in_flight and not flying and before is not None:
                 last = _whole_ball_top_left(before[b].numpy(), ball_class)
                 flying = last is not None and top + (y - last[0]) + BALL_H <= PADDLE_ROWS.start
+                heading = int(np.sign(y - last[0])) if flying else 0
             sent_back = (at_paddle and top >= AT_PADDLE.start and events is not None and keep_events is not None
                          and bool(torch.isin(events[b:b + 1].cpu(), keep_events))
                          and _paddle_within_reach(frame, ball_class, x + PLAY_LEFT + (BALL_W - 1) / 2))
-            place = (top, x + PLAY_LEFT) if flying or sent_back else None
+            place = (top, x + PLAY_LEFT, heading) if flying or sent_back else None
         found.append(place)
     return found
 
@@ -185,20 +189,22 @@ def ball_placements(mass: torch.Tensor) -> torch.Tensor:
 def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor], ball_class: int,
                 background_class: int, temperature: float = 1.0,
                 generator: torch.Generator | None = None,
-                keep: list[tuple[int, int] | None] | None = None,
+                keep: list[tuple[int, ...] | None] | None = None,
                 serve: list[bool] | None = None) -> torch.Tensor:
     """classes (B, 210, 160) uint8 argmax frames, ball_prob(b) the ball colour's probability in frame b
     (210, 160), asked for only where a frame shows no whole ball -> the frames with the ball committed
     (a copy; in frames that show a whole ball only the specks are cleared). keep[b]: the previous frame's
-    ball (balls_to_keep), which frame b then keeps, or None. serve[b]: frame b is a serve, which
-    shows a ball between the bricks and the paddle. Only the rows above the paddle are read and drawn,
-    and where a ball is kept, a ball-sized blob beside the paddle is cleared."""
+    ball (balls_to_keep: row, column, and its heading if known), which frame b then keeps, or None.
+    serve[b]: frame b is a serve, which shows a ball between the bricks and the paddle. Only the rows
+    above the paddle are read and drawn, and where a ball is kept, a ball-sized blob beside the paddle is
+    cleared."""
     out = classes.clone()
     rows, cols = ABOVE_PADDLE, slice(PLAY_LEFT, PLAY_RIGHT + 1)
     for b in range(len(classes)):
         area = out[b, rows, cols].numpy()
         last = keep[b] if keep is not None else None
         last_here = None if last is None else (last[0] - PLAY_TOP, last[1] - PLAY_LEFT)
+        heading = last[2] if last is not None and len(last) > 2 else 0
         blobs = _ball_blobs(area == ball_class, SMEAR_MAX_W, SMEAR_MAX_H)
         whole = [(mask, size) for mask, size, ball_sized in blobs if ball_sized and size >= WHOLE_BALL_PX]
         # Breakout has one ball: the one nearest the ball kept, else the largest
@@ -226,6 +232,10 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
             near = torch.zeros_like(placement)
             top, left = last_here
             near[max(0, top - STEP_REACH):top + STEP_REACH + 1, max(0, left - STEP_REACH):left + STEP_REACH + 1] = 1
+            if heading > 0:    # still falling: not above where it was
+                near[:top] = 0
+            elif heading < 0:  # still rising
+                near[top + 1:] = 0
             placement = placement * near
         if serving:            # between the bricks and the paddle, where Breakout serves
             near = torch.zeros_like(placement)

@@ -73,7 +73,7 @@ def test_a_ball_in_flight_stays_in_play_where_the_model_puts_it_within_reach():
 
     last = torch.zeros(1, 210, 160, dtype=torch.uint8)
     last[0, 120:124, 60:62] = BALL                   # the previous frame: a ball mid-screen
-    assert balls_to_keep(last, BALL) == [(120, 60)]
+    assert balls_to_keep(last, BALL) == [(120, 60, 0)]
     assert balls_to_keep(last, BALL, in_flight=False) == [None]
     classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
     prob = torch.zeros(1, 210, 160)
@@ -91,7 +91,7 @@ def test_a_ball_in_flight_stays_in_play_where_the_model_puts_it_within_reach():
     low[0, FLIGHT_ROWS[1]:FLIGHT_ROWS[1] + 4, 60:62] = BALL   # near the paddle: it may leave the screen
     high = torch.zeros(1, 210, 160, dtype=torch.uint8)
     high[0, 70:74, 60:62] = BALL                                # among the bricks: still in flight
-    assert balls_to_keep(torch.cat([low, high]), BALL) == [None, (70, 60)]
+    assert balls_to_keep(torch.cat([low, high]), BALL) == [None, (70, 60, 0)]
     assert FLIGHT_ROWS[1] + STEP_REACH == 189                   # the paddle's first row
     generator = torch.Generator().manual_seed(1)
     faint = [ball_count(rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, 1.0, generator, [None])[0]))
@@ -196,11 +196,18 @@ def test_the_balls_last_move_keeps_it_in_flight_until_it_can_reach_the_paddle():
     before[2, 181:185, 58:60] = BALL                 # 4 px lower: rising
     assert AT_PADDLE.start <= 177
     assert balls_to_keep(last, BALL) == [None, None, None]                    # no speed: the event decides
-    assert balls_to_keep(last, BALL, before=before) == [(177, 60), (177, 60), (177, 60)]
+    assert balls_to_keep(last, BALL, before=before) == [(177, 60, 1), (177, 60, 1), (177, 60, -1)]
     before[1, 165:169, 58:60], before[1, 169:173, 58:60] = BALL, BLACK        # 12 px a step: it may reach
-    assert balls_to_keep(last, BALL, before=before) == [(177, 60), None, (177, 60)]
+    assert balls_to_keep(last, BALL, before=before) == [(177, 60, 1), None, (177, 60, -1)]
     assert balls_to_keep(last, BALL, before=before, in_flight=False) == [None, None, None]
     assert balls_to_keep(last, BALL, before=torch.zeros_like(before)) == [None, None, None]  # no ball before
+    classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    prob = torch.zeros(1, 210, 160)
+    prob[0, 170:174, 64:66] = 0.3                    # the model half expects a bounce up, 7 px above ...
+    prob[0, 181:185, 62:64] = 0.1                    # ... and a little of the ball falling on
+    for heading, place in ((1, (62.5, 182.5)), (-1, (64.5, 171.5)), (0, (64.5, 171.5))):
+        out = rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, 0.0, None, [(177, 60, heading)])[0])
+        assert ball_xy(out) == place                 # a falling ball goes on down: no bounce off bare floor
 
 
 def test_a_ball_at_the_paddle_is_kept_when_the_random_event_sends_it_back():
@@ -212,7 +219,7 @@ def test_a_ball_at_the_paddle_is_kept_when_the_random_event_sends_it_back():
     last[:, 189:193, 50:66] = BALL                   # the paddle
     last[:, 185:189, 56:58] = BALL                   # the ball touching it from above
     back, other = torch.tensor([3]), torch.tensor([3, 9])
-    assert balls_to_keep(last, BALL, other, back) == [(185, 56), None]
+    assert balls_to_keep(last, BALL, other, back) == [(185, 56, 0), None]
     assert balls_to_keep(last, BALL, other, back, at_paddle=False) == [None, None]
     assert balls_to_keep(last, BALL) == [None, None]                   # no events: the expected count decides
     far = last[:1].clone()
@@ -221,7 +228,7 @@ def test_a_ball_at_the_paddle_is_kept_when_the_random_event_sends_it_back():
     assert balls_to_keep(far, BALL, back, back) == [None]
     far[0, 189:193] = BLACK
     far[0, 189:193, 72:88] = BALL                    # 23 px: within reach (24 px)
-    assert balls_to_keep(far, BALL, back, back) == [(185, 56)]
+    assert balls_to_keep(far, BALL, back, back) == [(185, 56, 0)]
     classes = last[:1].clone()
     classes[0, 185:189, 56:58] = BLACK               # the decoder lost the ball ...
     prob = torch.zeros(1, 210, 160)
