@@ -1,6 +1,7 @@
 """Stages 4-5: the (action, latent) pairs and the action->latent map."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -432,3 +433,22 @@ def test_a_trained_map_is_replaced_only_with_fresh(smoke_data, smoke_action_to_l
     again = run_script("05_train_action_to_latent.py", "--preset", "smoke", "--data-dir", str(data),
                        "--checkpoint-dir", str(root), "--fresh")
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_a_class_shows_an_outcome_at_half_its_transitions_or_twice_the_overall_share():
+    """Stage 4's serve classes: a class that serves on 44% of its waiting transitions, where all classes
+    together serve on 15%, serves; a quick run once found none at the half alone and never served."""
+    spec = importlib.util.spec_from_file_location("collect_pairs", ROOT / "04_collect_action_latent_pairs.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    waiting = np.zeros(16)
+    served = np.zeros(16)
+    waiting[[6, 12]] = 8364, 877
+    served[[6, 12]] = 1035, 389                      # 12.4% and 44.4%: 15.4% over both
+    assert script.ball_outcomes(served, waiting)[0] == [12]
+    at_paddle, kept = np.zeros(16), np.zeros(16)
+    at_paddle[[5, 9, 11]] = 2234, 2007, 1117
+    kept[[5, 9, 11]] = 2131, 1991, 511               # 95%, 99%, 46%: the half decides where it is less
+    assert script.ball_outcomes(kept, at_paddle)[0] == [5, 9]
+    waiting[3], served[3] = 4, 4                     # too few transitions to tell
+    assert 3 not in script.ball_outcomes(served, waiting)[0]
