@@ -189,12 +189,12 @@ def ball_placements(mass: torch.Tensor) -> torch.Tensor:
 def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor], ball_class: int,
                 background_class: int, temperature: float = 1.0,
                 generator: torch.Generator | None = None,
-                keep: list[tuple[int, ...] | None] | None = None,
+                keep: list[tuple[int, int, int] | None] | None = None,
                 serve: list[bool] | None = None) -> torch.Tensor:
     """classes (B, 210, 160) uint8 argmax frames, ball_prob(b) the ball colour's probability in frame b
     (210, 160), asked for only where a frame shows no whole ball -> the frames with the ball committed
     (a copy; in frames that show a whole ball only the specks are cleared). keep[b]: the previous frame's
-    ball (balls_to_keep: row, column, and its heading if known), which frame b then keeps, or None.
+    ball (balls_to_keep: row, column and heading), which frame b then keeps, or None.
     serve[b]: frame b is a serve, which shows a ball between the bricks and the paddle. Only the rows
     above the paddle are read and drawn, and where a ball is kept, a ball-sized blob beside the paddle is
     cleared."""
@@ -203,8 +203,7 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
     for b in range(len(classes)):
         area = out[b, rows, cols].numpy()
         last = keep[b] if keep is not None else None
-        last_here = None if last is None else (last[0] - PLAY_TOP, last[1] - PLAY_LEFT)
-        heading = last[2] if last is not None and len(last) > 2 else 0
+        last_here, heading = (None, 0) if last is None else ((last[0] - PLAY_TOP, last[1] - PLAY_LEFT), last[2])
         blobs = _ball_blobs(area == ball_class, SMEAR_MAX_W, SMEAR_MAX_H)
         whole = [(mask, size) for mask, size, ball_sized in blobs if ball_sized and size >= WHOLE_BALL_PX]
         # Breakout has one ball: the one nearest the ball kept, else the largest

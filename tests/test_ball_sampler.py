@@ -81,11 +81,11 @@ def test_a_ball_in_flight_stays_in_play_where_the_model_puts_it_within_reach():
     prob[0, 114:118, 140:142] = 0.5                  # more mass out of one step's reach
     for temperature in (1.0, 0.0):
         generator = torch.Generator().manual_seed(0)
-        kept = [rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, temperature, generator, [(120, 60)])[0])
+        kept = [rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, temperature, generator, [(120, 60, 0)])[0])
                 for _ in range(20)]
         assert all(ball_count(f) == 1 and ball_xy(f) == (64.5, 115.5) for f in kept)
     nothing = torch.zeros(1, 210, 160)               # the model sees no ball at all: none is invented
-    assert torch.equal(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(120, 60)]), classes)
+    assert torch.equal(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(120, 60, 0)]), classes)
 
     low = torch.zeros(1, 210, 160, dtype=torch.uint8)
     low[0, FLIGHT_ROWS[1]:FLIGHT_ROWS[1] + 4, 60:62] = BALL   # near the paddle: it may leave the screen
@@ -105,9 +105,9 @@ def test_one_ball_is_left_the_one_nearest_the_ball_in_flight_and_specks_go():
     classes[0, 150:154, 20:22] = BALL                 # a second whole ball: Breakout has one
     classes[0, 100, 100:102] = BALL                   # a speck
     nothing = torch.zeros(1, 210, 160)
-    out = rgb(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(120, 60)])[0])
+    out = rgb(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(120, 60, 0)])[0])
     assert ball_count(out) == 1 and ball_xy(out) == (62.5, 117.5)
-    out = rgb(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(148, 22)])[0])
+    out = rgb(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(148, 22, 0)])[0])
     assert ball_count(out) == 1 and ball_xy(out) == (20.5, 151.5)
 
 
@@ -123,7 +123,7 @@ def test_a_ball_smeared_over_two_places_becomes_one_whole_ball_and_a_red_brick_s
     prob[0, 127:131, 60:62] = 0.4
     for temperature in (1.0, 0.0):
         out = rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, temperature, torch.Generator().manual_seed(0),
-                              [(120, 60)])[0])
+                              [(120, 60, 0)])[0])
         assert ball_count(out) == 1 and ball_xy(out) == (62.5, 126.5)
         assert (out[57:63, 8:16, 0] == 200).all()     # the brick is no smear
 
@@ -134,7 +134,7 @@ def test_a_second_ball_beside_the_paddle_goes_while_the_ball_above_is_kept():
     classes[0, 190:194, 30:32] = BALL                 # a ball the decoder drew beside the paddle
     classes[0, 189:193, 100:116] = BALL               # the paddle
     nothing = torch.zeros(1, 210, 160)
-    out = rgb(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(120, 60)])[0])
+    out = rgb(commit_ball(classes, nothing.__getitem__, BALL, BLACK, 1.0, None, [(120, 60, 0)])[0])
     assert ball_count(out) == 1 and ball_xy(out) == (62.5, 117.5)
     assert (out[189:193, 100:116, 0] == 200).all()    # the paddle stays
     alone = classes.clone()
@@ -235,7 +235,7 @@ def test_a_ball_at_the_paddle_is_kept_when_the_random_event_sends_it_back():
     prob[0, 178:182, 52:54] = 0.05                   # ... but for a twentieth of it going back up
     prob[0, 189:193, 66:70] = 0.9                    # the paddle's edge, uncertain: never a ball
     out = rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, 1.0, torch.Generator().manual_seed(0),
-                          [(185, 56)])[0])
+                          [(185, 56, 0)])[0])
     assert ball_count(out) == 1 and ball_xy(out) == (52.5, 179.5)
     assert (out[189:193] == rgb(classes[0])[189:193]).all()             # the paddle rows are left alone
 
