@@ -10,8 +10,9 @@ and `since_ball`, the steps since a frame last showed a ball in play (FIRE serve
 has dropped, some steps after the ball left). It also finds what the event classes mean for the ball: the classes that serve (from a frame with no ball
 in play, the next frame shows one on at least half of their transitions: `serve_events`) and those that
 send the ball back at the paddle (from a frame with a ball just above the paddle, the next frame still
-has a ball in play on at least half: `keep_events`). The game draws those balls for sure
-(common/ball_sampler.py).
+has a ball in play on at least half: `keep_events`), and where the serves landed (the ball a game that
+waited for a serve showed next, counted per place: `serve_places`). The game draws those balls for sure,
+its serves at those places (common/ball_sampler.py).
 Writes data/actions/action_latent_pairs.json (one record per line) and, beside it,
 action_latent_stats.json: action frequencies and the latent-code distribution per action.
 """
@@ -26,8 +27,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.action_pairs import WAITING_STEPS
 from common.action_to_latent import file_fingerprint, past_frame_indices
-from common.ball_sampler import AT_PADDLE, SINCE_BALL_CAP, ball_in_play, steps_since_ball
+from common.ball_sampler import AT_PADDLE, SINCE_BALL_CAP, ball_in_play, serve_place, steps_since_ball
 from common.cli import pick_device, positive_int, run_main, set_threads
 from common.dataset import ACTION_NAMES, level_files, read_level, require_dataset
 from common.detectors import RED
@@ -199,6 +201,7 @@ def main() -> None:
     # per event class: transitions from a frame without a ball in play and how many showed one next; from a
     # frame with a ball at the paddle and how many still had one
     waiting, served, at_paddle, sent_back = (np.zeros(model.event_classes) for _ in range(4))
+    serve_places = Counter()   # (row, column) of the ball a game that waited for a serve showed next
     total = sum(e.num_frames - 1 for e in episodes)
     with tqdm(total=total, desc="encoding transitions", unit="tr") as progress:
         for episode in episodes:
@@ -214,6 +217,10 @@ def main() -> None:
                 np.add.at(served, events[~ball[:-1] & ball[1:]], 1)
                 np.add.at(at_paddle, events[near[:-1]], 1)
                 np.add.at(sent_back, events[near[:-1] & ball[1:]], 1)
+                for t in np.nonzero((since_ball[:-1] >= WAITING_STEPS) & ball[1:])[0]:
+                    place = serve_place(classes[t + 1].numpy(), red)
+                    if place is not None:
+                        serve_places[place] += 1
             for i, (action, code) in enumerate(zip(episode.actions, codes.tolist())):
                 record = {"level": episode.level, "episode": episode.index, "folder": folder, "frame": i,
                           "split": episode.split, "action": int(action), "latent_code": code}
@@ -235,6 +242,7 @@ def main() -> None:
     if model.event_classes:
         meta["serve_events"], serve_share = ball_outcomes(served, waiting)
         meta["keep_events"], keep_share = ball_outcomes(sent_back, at_paddle)
+        meta["serve_places"] = [[row, column, count] for (row, column), count in serve_places.most_common()]
         outcome_stats = {"serve_share_without_ball": serve_share, "transitions_without_ball": waiting.astype(int).tolist(),
                          "ball_kept_share_at_paddle": keep_share, "transitions_at_paddle": at_paddle.astype(int).tolist()}
     write_pairs(pairs_path(args.data_dir), meta, records)
@@ -245,6 +253,7 @@ def main() -> None:
         print(f"event classes that serve (a ball after none on >= {OUTCOME_SHARE:.0%} of their transitions, or "
               f"{OUTCOME_LIFT:g}x the share over all classes): "
               f"{meta['serve_events'] or 'none'}; that send the ball back at the paddle: {meta['keep_events'] or 'none'}")
+        print(f"serves landed at {len(meta['serve_places'])} places, {sum(serve_places.values())} serves in all")
     print(f"\nwrote {pairs_path(args.data_dir)} ({len(records)} pairs) and {pair_stats_path(args.data_dir)}")
 
 

@@ -226,7 +226,8 @@ def main() -> None:
               "knob_frame_skip": recorded_frame_skip(args.data_dir) if args.variant == "frames" and args.knob else 0,
               "action_meanings": names, "latent_fingerprint": meta["latent_fingerprint"],
               "event_classes": int(meta.get("event_classes", 0)) if args.variant == "frames" else 0,
-              "serve_events": list(meta.get("serve_events", [])), "keep_events": list(meta.get("keep_events", []))}
+              "serve_events": list(meta.get("serve_events", [])), "keep_events": list(meta.get("keep_events", [])),
+              "serve_places": [list(place) for place in meta.get("serve_places", [])]}
     model = ActionToLatent(config).to(device)
     episodes = {(e.level, e.index): e for e in require_dataset(args.data_dir)}
     inputs = build_inputs(args.data_dir, model, pairs, episodes)

@@ -32,14 +32,21 @@ emulator the ball came back off the paddle from at most 20 px of the paddle's ce
 without the paddle's reach the event sent balls back from bare floor.
 
 A serve serves: when the step's random event is one of the classes that serve (Stage 4 finds them in the
-data) and the previous frame had no ball in play, the next frame shows one, at a peak of the model's
-ball mass between the bricks and the paddle (however thin). Given a serve class the decoder expected
-only 0.2-0.57 of a ball after a lost life (part5.md): it knows a ball comes, not where, and spreads it.
+data) and the previous frame had no ball in play, the next frame shows one. It lands at one of the places
+where the recorded games' serves landed, in their proportions (Stage 4 counts them: `serve_places`),
+whatever the decoder drew: the world model knows that a ball comes, not where. Given a serve class the
+decoder expected only 0.2-0.57 of a ball after a lost life, and where a quick run's model drew its serves
+their x was 0.42 in total variation from the emulator's (part5.md). Without serve places (a map from before they were
+counted) the ball lands at a peak of the model's ball mass between the bricks and the paddle.
 
 The committer works on the rows above the paddle: the paddle has the ball's colour, so a ball touching
 it is found on its own there, and what happens beside and below the paddle is left to the decoder,
 but for one thing: where the ball above is kept (in flight, or sent back), a ball-sized blob beside
 the paddle is a second ball, which no step can have brought there, and it is cleared.
+
+Broken bricks stay broken (commit_wall): a brick the previous frame did not show is cleared from the next,
+unless the whole wall was gone (Breakout then draws a new one). The decoder redrew a few bricks in long play
+(3 in the long-play games of a quick run's model), and a brick that comes back is one a player breaks twice.
 
 The paddle stays too (commit_paddle): where the ball met the paddle the decoder sometimes smeared the
 paddle into specks, and a frame without one is fed back, so the paddle never came back (2 of 8 neural
@@ -55,8 +62,8 @@ import torch.nn.functional as F
 
 from typing import Callable
 
-from common.detectors import (BALL_MAX_H, BALL_MAX_W, BRICK_H, BRICK_ROWS, BRICK_TOP, PADDLE_ROWS, PADDLE_WIDTH,
-                              PLAY_BOTTOM, PLAY_LEFT, PLAY_RIGHT, PLAY_TOP, paddle_centre)
+from common.detectors import (BALL_MAX_H, BALL_MAX_W, BRICK_COLUMNS, BRICK_H, BRICK_ROWS, BRICK_TOP, BRICK_W,
+                              PADDLE_ROWS, PADDLE_WIDTH, PLAY_BOTTOM, PLAY_LEFT, PLAY_RIGHT, PLAY_TOP, paddle_centre)
 
 BALL_H, BALL_W = 4, 2           # the ball as the emulator draws it at frame skip 4
 BALL_AREA = BALL_H * BALL_W
@@ -74,6 +81,8 @@ BELOW_BRICKS = slice(BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start)   # wh
 AT_PADDLE = slice(FLIGHT_ROWS[1], PADDLE_ROWS.start)      # a ball here is sent back or missed on the next step
 ABOVE_PADDLE = slice(PLAY_TOP, PADDLE_ROWS.start)         # the rows the committer works on
 BESIDE_PADDLE = slice(PADDLE_ROWS.start, PLAY_BOTTOM + 1)  # a missed ball passes here
+WALL_ROWS = slice(BRICK_TOP, BRICK_TOP + BRICK_ROWS * BRICK_H)
+WALL_COLUMNS = slice(PLAY_LEFT, PLAY_LEFT + BRICK_COLUMNS * BRICK_W)
 
 
 def ball_in_play(classes: torch.Tensor, ball_class: int, rows: slice = BELOW_BRICKS) -> torch.Tensor:
@@ -140,6 +149,53 @@ def _whole_ball_top_left(frame: np.ndarray, ball_class: int) -> tuple[int, int] 
     return _top_left(whole[0]) if len(whole) == 1 else None
 
 
+def serve_place(frame: np.ndarray, ball_class: int) -> tuple[int, int] | None:
+    """(row, column) on the screen of the top-left pixel of the one whole ball between the bricks and the
+    paddle of a (210, 160) frame of colour classes (where a ball after none was served), or None where there
+    is none, or more than one."""
+    area = frame[BELOW_BRICKS, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class
+    whole = [mask for mask, size, ball_sized in _ball_blobs(area) if ball_sized and size >= WHOLE_BALL_PX]
+    if len(whole) != 1:
+        return None
+    y, x = _top_left(whole[0])
+    return y + BELOW_BRICKS.start, x + PLAY_LEFT
+
+
+def draw_serve_place(places: torch.Tensor, temperature: float = 1.0,
+                     generator: torch.Generator | None = None) -> tuple[int, int]:
+    """One (row, column) of places (N, 3) int64 rows of (row, column, count): in proportion to the counts
+    sharpened by 1 / temperature; temperature 0 takes the commonest."""
+    counts = places[:, 2].double()
+    if temperature == 0:
+        chosen = int(counts.argmax())
+    else:
+        weights = (counts / counts.max()) ** (1.0 / temperature)
+        chosen = int(torch.multinomial(weights / weights.sum(), 1, generator=generator))
+    return int(places[chosen, 0]), int(places[chosen, 1])
+
+
+def wall_cells(classes: torch.Tensor, background_class: int) -> torch.Tensor:
+    """(B, 6, 18) bool for frames (B, 210, 160) of colour classes: the bricks there, top row first (a cell
+    more than half drawn, as the detector counts them)."""
+    drawn = (classes[:, WALL_ROWS, WALL_COLUMNS] != background_class).float()
+    return drawn.view(-1, BRICK_ROWS, BRICK_H, BRICK_COLUMNS, BRICK_W).mean(dim=(2, 4)) > 0.5
+
+
+def commit_wall(classes: torch.Tensor, previous: torch.Tensor, background_class: int) -> torch.Tensor:
+    """classes (B, 210, 160) the next frames, previous (B, 210, 160) the frames before -> the next frames
+    with every brick that the frame before did not show cleared (a copy), unless that frame showed no
+    brick at all (a new wall)."""
+    before, now = wall_cells(previous, background_class), wall_cells(classes, background_class)
+    back = now & ~before & before.flatten(1).any(dim=1)[:, None, None]
+    if not bool(back.any()):
+        return classes
+    out = classes.clone()
+    cleared = back.repeat_interleave(BRICK_H, dim=1).repeat_interleave(BRICK_W, dim=2)
+    wall = out[:, WALL_ROWS, WALL_COLUMNS]
+    wall[cleared] = background_class
+    return out
+
+
 def balls_to_keep(classes: torch.Tensor, ball_class: int, events: torch.Tensor | None = None,
                   keep_events: torch.Tensor | None = None, in_flight: bool = True,
                   at_paddle: bool = True, before: torch.Tensor | None = None) -> list[tuple[int, int, int] | None]:
@@ -190,12 +246,13 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
                 background_class: int, temperature: float = 1.0,
                 generator: torch.Generator | None = None,
                 keep: list[tuple[int, int, int] | None] | None = None,
-                serve: list[bool] | None = None) -> torch.Tensor:
+                serve: list[bool] | None = None, serve_places: torch.Tensor | None = None) -> torch.Tensor:
     """classes (B, 210, 160) uint8 argmax frames, ball_prob(b) the ball colour's probability in frame b
     (210, 160), asked for only where a frame shows no whole ball -> the frames with the ball committed
     (a copy; in frames that show a whole ball only the specks are cleared). keep[b]: the previous frame's
     ball (balls_to_keep: row, column and heading), which frame b then keeps, or None.
-    serve[b]: frame b is a serve, which shows a ball between the bricks and the paddle. Only the rows
+    serve[b]: frame b is a serve, which shows a ball between the bricks and the paddle, at one of
+    serve_places (N, 3) (draw_serve_place) where given, else where the model's mass peaks. Only the rows
     above the paddle are read and drawn, and where a ball is kept, a ball-sized blob beside the paddle is
     cleared."""
     out = classes.clone()
@@ -215,9 +272,15 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
             beside = out[b, BESIDE_PADDLE, cols].numpy()
             for mask, _, _ in _ball_blobs(beside == ball_class):
                 beside[mask] = background_class
+        serving = last is None and serve is not None and serve[b]
+        if serving and serve_places is not None and len(serve_places):
+            if kept is not None:
+                area[kept] = background_class
+            y, x = draw_serve_place(serve_places, temperature, generator)
+            area[y - PLAY_TOP:y - PLAY_TOP + BALL_H, x - PLAY_LEFT:x - PLAY_LEFT + BALL_W] = ball_class
+            continue
         if kept is not None:
             continue
-        serving = last is None and serve is not None and serve[b]
         mass = ball_prob(b)[rows, cols].float() * torch.from_numpy(area != ball_class)
         if last is None and not serving:     # a ball kept or served is placed by whatever mass there is
             mass = torch.where(mass >= MASS_FLOOR, mass, torch.zeros(()))

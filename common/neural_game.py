@@ -24,7 +24,7 @@ import torch
 
 from common.action_to_latent import KNOB_START, frame_view, knob_positions
 from common.ball_sampler import (SINCE_BALL_CAP, ball_in_play, balls_to_keep, commit_ball, commit_paddle,
-                                  count_since_ball)
+                                  commit_wall, count_since_ball)
 from common.dataset import ACTION_NAMES, FRAME_SHAPE
 from common.detectors import RED
 
@@ -86,6 +86,9 @@ class NeuralBreakout:
         # the game then draws for sure
         self.serve_events = torch.tensor(action_model.config.get("serve_events", []), dtype=torch.int64)
         self.keep_events = torch.tensor(action_model.config.get("keep_events", []), dtype=torch.int64)
+        # where the recorded games' serves landed: (N, 3) rows of (row, column, count) (Stage 4)
+        self.serve_places = torch.tensor(action_model.config.get("serve_places", []), dtype=torch.int64).view(-1, 3)
+        self.keep_wall = True             # a broken brick stays broken
         self.frames: torch.Tensor | None = None   # (1, k, 210, 160, 3) uint8 RGB, oldest first
         self.indices: torch.Tensor | None = None  # (1, k, 210, 160) uint8 colour classes of the same frames
         self.views: torch.Tensor | None = None    # (1, frames_used, 680) uint8: the map's views of the newest frames
@@ -260,8 +263,8 @@ class NeuralBreakout:
         """(RGB (B, 210, 160, 3) uint8, class indices (B, 210, 160) uint8) of the next frame.
 
         With an event_temperature (play) the ball is committed as one object (common/ball_sampler.py)
-        with the game's generator, and a paddle the decoder dropped is drawn whole again; without, the
-        frame is the decoder's per-pixel most likely colours."""
+        with the game's generator, a paddle the decoder dropped is drawn whole again and a brick it redrew is
+        cleared; without, the frame is the decoder's per-pixel most likely colours."""
         model = self.latent_model
         device = model.vq.codebook.device
         commit = event_temperature is not None and self.ball_class is not None
@@ -281,8 +284,11 @@ class NeuralBreakout:
                 def ball_prob(b: int) -> torch.Tensor:
                     return model.colour_probability(logits[b:b + 1], self.ball_class)[0].cpu()
 
-                index = commit_ball(index.cpu(), ball_prob, self.ball_class, self.background_class,
-                                    event_temperature, self.generator, keep, serve)
+                index = index.cpu()
+                if self.keep_wall:
+                    index = commit_wall(index, last, self.background_class)
+                index = commit_ball(index, ball_prob, self.ball_class, self.background_class,
+                                    event_temperature, self.generator, keep, serve, self.serve_places)
                 if self.keep_paddle:
                     index = commit_paddle(index, ball_prob, self.ball_class, last)
                 index = index.to(device)

@@ -331,13 +331,21 @@ def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
     stats = json.loads(paths.pair_stats_path(data).read_text())
     assert sum(row["count"] for row in stats["actions"].values()) == len(doc["pairs"])
     # the classes that serve and that send the ball back: counted again here from the RGB frames and the events
-    from common.ball_sampler import AT_PADDLE, ball_in_play, steps_since_ball
-    from common.detectors import RED
+    from collections import Counter
+    from common.action_pairs import WAITING_STEPS
+    from common.ball_sampler import AT_PADDLE, BALL_H, BALL_W, ball_in_play, steps_since_ball
+    from common.detectors import RED, ball_count, ball_xy
     red = [tuple(c) for c in model.palette.rgb.tolist()].index(RED)
     counts = np.zeros((4, model.event_classes), int)   # without a ball, served; at the paddle, sent back
+    serves = Counter()   # where a ball came after a game waited for a serve: the detector's ball, top-left
     for episode in episodes:
-        classes = model.to_index(torch.from_numpy(read_frames(episode)))
+        rgb = read_frames(episode)
+        classes = model.to_index(torch.from_numpy(rgb))
         ball, near = ball_in_play(classes, red).numpy(), ball_in_play(classes, red, AT_PADDLE).numpy()
+        for i in np.nonzero((steps_since_ball(ball)[:-1] >= WAITING_STEPS) & ball[1:])[0]:
+            if ball_count(rgb[i + 1]) == 1:
+                x, y = ball_xy(rgb[i + 1])
+                serves[(round(y - (BALL_H - 1) / 2), round(x - (BALL_W - 1) / 2))] += 1
         for p in doc["pairs"]:
             if (p["level"], p["episode"]) == (episode.level, episode.index):
                 i, event = p["frame"], p["event"]
@@ -349,6 +357,8 @@ def test_pairs_agree_with_the_data_set(smoke_action_to_latent):
         assert doc["meta"][key] == [c for c in range(model.event_classes)
                                     if counts[cases, c] >= 5 and 2 * counts[happened, c] >= counts[cases, c]]
         assert load_action_to_latent(smoke_action_to_latent).config[key] == doc["meta"][key]
+    assert serves and {(row, column): count for row, column, count in doc["meta"]["serve_places"]} == serves
+    assert load_action_to_latent(smoke_action_to_latent).config["serve_places"] == doc["meta"]["serve_places"]
 
 
 def test_smoke_map_loads_and_reports(smoke_action_to_latent):

@@ -5,8 +5,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.ball_sampler import BALL_H, BALL_W, ball_in_play, ball_placements, commit_ball
-from common.detectors import ball_count, ball_xy
+from common.ball_sampler import (BALL_H, BALL_W, ball_in_play, ball_placements, commit_ball, commit_wall,
+                                 serve_place)
+from common.detectors import BRICK_TOP, ball_count, ball_xy, brick_mask
 
 BALL, BLACK = 2, 0
 PALETTE = np.zeros((9, 3), np.uint8)
@@ -162,6 +163,63 @@ def test_a_serve_draws_a_ball_for_sure_where_the_thin_mass_peaks_between_bricks_
     assert 0.1 < np.mean(alone) < 0.3
     empty = torch.zeros(1, 210, 160)
     assert torch.equal(commit_ball(classes, empty.__getitem__, BALL, BLACK, 1.0, generator, serve=[True]), classes)
+
+
+def test_a_serve_lands_where_the_recorded_serves_landed_in_their_proportions():
+    """With serve places (Stage 4's counts) a serve lands at one of them, as often as the recorded games'
+    serves did there, wherever the decoder put its ball; temperature 0 takes the commonest place."""
+    classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    classes[0, 150:154, 60:62] = BALL            # the decoder's own serve, at a place no recorded serve landed
+    places = torch.tensor([[124, 17, 10], [124, 80, 30], [124, 141, 10]])
+    generator = torch.Generator().manual_seed(3)
+    landed = []
+    for _ in range(400):
+        out = commit_ball(classes, split_serve(0.2).__getitem__, BALL, BLACK, 1.0, generator, serve=[True],
+                          serve_places=places)
+        assert ball_count(rgb(out[0])) == 1 and int((out[0] == BALL).sum()) == BALL_H * BALL_W
+        landed.append(serve_place(out[0].numpy(), BALL))
+    share = {place: landed.count(place) / len(landed) for place in set(landed)}
+    assert set(share) == {(124, 17), (124, 80), (124, 141)}
+    assert abs(share[(124, 80)] - 0.6) < 0.08 and abs(share[(124, 17)] - 0.2) < 0.06
+    commonest = commit_ball(classes, split_serve(0.2).__getitem__, BALL, BLACK, 0.0, serve=[True], serve_places=places)
+    assert serve_place(commonest[0].numpy(), BALL) == (124, 80)
+    # not a serve: the decoder's ball stays where it drew it
+    assert torch.equal(commit_ball(classes, split_serve(0.2).__getitem__, BALL, BLACK, 1.0, generator,
+                                   serve=[False], serve_places=places), classes)
+
+
+def test_serve_place_is_the_top_left_of_the_one_ball_below_the_bricks():
+    frame = np.zeros((210, 160), np.uint8)
+    assert serve_place(frame, BALL) is None
+    frame[124:128, 80:82] = BALL
+    assert serve_place(frame, BALL) == (124, 80)
+    frame[60:66, 8:16] = BALL                    # a red brick is not a ball
+    assert serve_place(frame, BALL) == (124, 80)
+    frame[140:144, 30:32] = BALL                 # two balls: no one place
+    assert serve_place(frame, BALL) is None
+
+
+def test_a_broken_brick_stays_broken_unless_the_wall_was_gone():
+    wall_colour = 5
+    before = torch.zeros(2, 210, 160, dtype=torch.uint8)
+    before[:, BRICK_TOP:BRICK_TOP + 36, 8:152] = wall_colour
+    before[:, BRICK_TOP + 30:BRICK_TOP + 36, 16:24] = BLACK      # the bottom row's second brick is broken
+    after = before.clone()
+    after[:, BRICK_TOP + 30:BRICK_TOP + 35, 16:24] = wall_colour  # the decoder redraws most of it
+    after[:, BRICK_TOP + 31:BRICK_TOP + 35, 18:20] = BALL         # with the ball inside it
+    after[:, BRICK_TOP:BRICK_TOP + 6, 24:32] = BLACK              # and breaks a brick in the top row
+    out = commit_wall(after, before, BLACK)
+    colours = PALETTE.copy()
+    colours[wall_colour] = (66, 72, 200)
+    mask = brick_mask(colours[out[0].numpy()])
+    assert not mask[5, 1] and not mask[0, 2] and mask.sum() == 108 - 2
+    assert int((out[0, BRICK_TOP + 30:BRICK_TOP + 36, 16:24] != BLACK).sum()) == 0
+    assert torch.equal(out[0, :BRICK_TOP], after[0, :BRICK_TOP]) and torch.equal(out[0, BRICK_TOP + 36:], after[0, BRICK_TOP + 36:])
+    # a wall that was gone refills: Breakout draws a new one
+    empty = before.clone()
+    empty[:, BRICK_TOP:BRICK_TOP + 36] = BLACK
+    assert torch.equal(commit_wall(after, empty, BLACK), after)
+    assert commit_wall(before, before, BLACK) is before        # nothing came back: the same frames
 
 
 def test_ball_placements_are_the_mass_each_ball_sized_box_covers():
