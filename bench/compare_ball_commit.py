@@ -1,10 +1,11 @@
 """Compare the ball committer's rules on the game measures (common/ball_sampler.py), each added to the ones
 before: the committed ball alone (the expected count), the ball in flight kept, the serve drawn for sure,
 the ball at the paddle kept when the random event sends it back (with the paddle within reach), the
-paddle drawn whole where the decoder dropped it; on one world model, the same emulator starts and the
-same seeds.
+paddle drawn whole where the decoder dropped it, the serve at the places the recorded serves landed, a
+broken brick kept broken; on one world model, the same emulator starts and the same seeds.
 
     .venv/bin/python bench/compare_ball_commit.py --checkpoint-dir checkpoints --starts 100
+    .venv/bin/python bench/compare_ball_commit.py --skip 4     # only the rows with the first 4 rules and more
 """
 from __future__ import annotations
 
@@ -27,28 +28,32 @@ def main() -> None:
     p.add_argument("--checkpoint-dir", default="checkpoints", help="where stages 3 and 5 saved their models")
     p.add_argument("--starts", type=positive_int, default=100, help="emulator states of each kind")
     p.add_argument("--threads", type=positive_int, default=1)
-    p.add_argument("--out", default=None, help="also write both measure sets to this JSON file")
+    p.add_argument("--skip", type=int, default=0, help="leave out the first SKIP rows (each takes minutes)")
+    p.add_argument("--out", default=None, help="also write the measures of every row to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     game = NeuralBreakout.load(args.checkpoint_dir, seed=0)
     starts = make_starts(game.context_frames, args.starts, seed=0)
-    serve_events = game.serve_events
-    rules = ("ball in flight kept", "serve for sure", "ball at the paddle kept", "paddle kept whole")
+    serve_events, serve_places = game.serve_events, game.serve_places
+    rules = ("ball in flight kept", "serve for sure", "ball at the paddle kept", "paddle kept whole",
+             "serve at the recorded places", "broken bricks stay broken")
     results = {}
-    for added in range(len(rules) + 1):           # row k: the first k rules on
+    for added in range(min(max(args.skip, 0), len(rules)), len(rules) + 1):   # row k: the first k rules on
         on = set(rules[:added])
         label = f"+ {rules[added - 1]}" if added else "committed ball"
         game.keep_ball_in_flight = "ball in flight kept" in on
         game.serve_events = serve_events if "serve for sure" in on else serve_events[:0]
         game.keep_ball_at_paddle = "ball at the paddle kept" in on
         game.keep_paddle = "paddle kept whole" in on
+        game.serve_places = serve_places if "serve at the recorded places" in on else serve_places[:0]
+        game.keep_wall = "broken bricks stay broken" in on
         game.generator.manual_seed(0)
         measures = evaluate_game(game, starts)
         teacher = measures["ball_in_play"]["teacher_forced"]
         results[label] = {**game_headline(measures),
                           "ball_kept_teacher_forced": teacher and teacher["ball_kept_when_emulator_ball"],
                           "long_play": measures["long_play"]["total"]}
-    keys = [k for k in results["committed ball"] if k != "long_play"]
+    keys = [k for k in next(iter(results.values())) if k != "long_play"]
     print(f"| measure | {' | '.join(results)} |\n|---|" + "---|" * len(results))
     for key in keys:
         values = [results[label][key] for label in results]

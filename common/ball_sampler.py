@@ -177,8 +177,8 @@ def draw_serve_place(places: torch.Tensor, temperature: float = 1.0,
 def wall_cells(classes: torch.Tensor, background_class: int) -> torch.Tensor:
     """(B, 6, 18) bool for frames (B, 210, 160) of colour classes: the bricks there, top row first (a cell
     more than half drawn, as the detector counts them)."""
-    drawn = (classes[:, WALL_ROWS, WALL_COLUMNS] != background_class).float()
-    return drawn.view(-1, BRICK_ROWS, BRICK_H, BRICK_COLUMNS, BRICK_W).mean(dim=(2, 4)) > 0.5
+    drawn = classes[:, WALL_ROWS, WALL_COLUMNS] != background_class
+    return drawn.view(-1, BRICK_ROWS, BRICK_H, BRICK_COLUMNS, BRICK_W).sum(dim=(2, 4)) > BRICK_H * BRICK_W // 2
 
 
 def commit_wall(classes: torch.Tensor, previous: torch.Tensor, background_class: int) -> torch.Tensor:
