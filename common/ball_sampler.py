@@ -15,8 +15,9 @@ whole one) and extra whole balls are cleared in every frame; their mass counts.
 
 A ball in flight stays in play: when the previous frame showed one whole ball anywhere from the top
 wall down to far enough above the paddle that no step can take it off the screen (among the bricks
-too), the next frame shows one too, where the model's mass peaks within a step's reach of it
-(however thin that mass). So does a ball nearer the paddle that is rising, or whose last move, made
+too), the next frame shows one too, at the heaviest peak of the model's mass within a step's reach of
+it (however thin that mass): the step's random event was the draw, and a second draw among the peaks
+put the ball off the real one's path more often (part5.md). So does a ball nearer the paddle that is rising, or whose last move, made
 again, leaves it above the paddle: a ball crosses those rows in up to four steps, and only the step that
 takes it to the paddle may lose it.
 Breakout never removes a ball there, but a per-pixel decoder unsure of the ball's exact next place
@@ -315,7 +316,10 @@ def commit_ball(classes: torch.Tensor, ball_prob: Callable[[int], torch.Tensor],
             weights = placement.flatten().clamp(min=0) ** (1.0 / temperature)
             if float(weights.sum()) <= 0:
                 continue
-            corner = int(torch.multinomial(weights / weights.sum(), 1, generator=generator))
+            if last is not None:   # a ball kept goes where the model most expects it: the event was the draw
+                corner = int(weights.argmax())
+            else:
+                corner = int(torch.multinomial(weights / weights.sum(), 1, generator=generator))
         y, x = divmod(corner, placement.shape[1])
         area[y:y + BALL_H, x:x + BALL_W] = ball_class
     return out

@@ -100,6 +100,23 @@ def test_a_ball_in_flight_stays_in_play_where_the_model_puts_it_within_reach():
     assert 0.35 < np.mean(faint) < 0.65             # without a ball in flight: the expected count's chance (0.5)
 
 
+def test_a_ball_in_flight_goes_to_the_heaviest_peak_within_reach_at_any_temperature():
+    """The step's random event was the draw: a ball kept is not drawn again among the decoder's peaks."""
+    classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
+    prob = torch.zeros(1, 210, 160)
+    prob[0, 114:118, 64:66] = 0.1                    # a lighter peak, 6 px up and 4 px right
+    prob[0, 126:130, 56:58] = 0.2                    # the heavier one, 6 px down and 4 px left
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (1.0, 2.0, 0.0):
+        places = {ball_xy(rgb(commit_ball(classes, prob.__getitem__, BALL, BLACK, temperature, generator,
+                                          [(120, 60, 0)])[0])) for _ in range(30)}
+        assert places == {(56.5, 127.5)}
+    # without a ball kept the same mass is still a draw among the peaks
+    free = {ball_xy(rgb(commit_ball(classes, (prob * 3).__getitem__, BALL, BLACK, 1.0, generator, [None])[0]))
+            for _ in range(200)} - {None}
+    assert free == {(56.5, 127.5), (64.5, 115.5)}
+
+
 def test_one_ball_is_left_the_one_nearest_the_ball_in_flight_and_specks_go():
     classes = torch.zeros(1, 210, 160, dtype=torch.uint8)
     classes[0, 116:120, 62:64] = BALL                 # the ball, one step from the last one
