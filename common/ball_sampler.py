@@ -17,9 +17,9 @@ A ball in flight stays in play: when the previous frame showed one whole ball an
 wall down to far enough above the paddle that no step can take it off the screen (among the bricks
 too), the next frame shows one too, at the heaviest peak of the model's mass within a step's reach of
 it (however thin that mass): the step's random event was the draw, and a second draw among the peaks
-put the ball off the real one's path more often (part5.md). So does a ball nearer the paddle that is rising, or whose last move, made
-again, leaves it above the paddle: a ball crosses those rows in up to four steps, and only the step that
-takes it to the paddle may lose it.
+put the ball off the real one's path more often (part5.md). So does a ball nearer the paddle that is
+rising, or whose last move, made again, leaves it above the paddle: a ball crosses those rows in up to
+four steps, and only the step that takes it to the paddle may lose it.
 Breakout never removes a ball there, but a per-pixel decoder unsure of the ball's exact next place
 spreads its probability so thin that the expected count above is a poor chance of a ball: on the
 steps where the ball was lost, the decoder had put a median of 0.2 ball of mass off its argmax
@@ -37,8 +37,9 @@ data) and the previous frame had no ball in play, the next frame shows one. It l
 where the recorded games' serves landed, in their proportions (Stage 4 counts them: `serve_places`),
 whatever the decoder drew: the world model knows that a ball comes, not where. Given a serve class the
 decoder expected only 0.2-0.57 of a ball after a lost life, and where a quick run's model drew its serves
-their x was 0.42 in total variation from the emulator's (part5.md). Without serve places (a map from before they were
-counted) the ball lands at a peak of the model's ball mass between the bricks and the paddle.
+their x was 0.42 in total variation from the emulator's (part5.md). Without serve places (a map from
+before they were counted) the ball lands at a peak of the model's ball mass between the bricks and the
+paddle.
 
 The committer works on the rows above the paddle: the paddle has the ball's colour, so a ball touching
 it is found on its own there, and what happens beside and below the paddle is left to the decoder,

@@ -231,7 +231,8 @@ def test_a_broken_brick_stays_broken_unless_the_wall_was_gone():
     mask = brick_mask(colours[out[0].numpy()])
     assert not mask[5, 1] and not mask[0, 2] and mask.sum() == 108 - 2
     assert int((out[0, BRICK_TOP + 30:BRICK_TOP + 36, 16:24] != BLACK).sum()) == 0
-    assert torch.equal(out[0, :BRICK_TOP], after[0, :BRICK_TOP]) and torch.equal(out[0, BRICK_TOP + 36:], after[0, BRICK_TOP + 36:])
+    assert torch.equal(out[0, :BRICK_TOP], after[0, :BRICK_TOP])
+    assert torch.equal(out[0, BRICK_TOP + 36:], after[0, BRICK_TOP + 36:])
     # a wall that was gone refills: Breakout draws a new one
     empty = before.clone()
     empty[:, BRICK_TOP:BRICK_TOP + 36] = BLACK
