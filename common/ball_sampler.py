@@ -143,10 +143,11 @@ def _paddle_within_reach(frame: np.ndarray, ball_class: int, ball_x: float) -> b
     return paddle is not None and abs(ball_x - paddle) <= PADDLE_REACH
 
 
-def _whole_ball_top_left(frame: np.ndarray, ball_class: int) -> tuple[int, int] | None:
-    """(row, column) in the play area of the one whole ball above the paddle of a (210, 160) frame of colour
-    classes, or None where there is none, or more than one."""
-    area = frame[ABOVE_PADDLE, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class
+def _whole_ball_top_left(frame: np.ndarray, ball_class: int, rows: slice = ABOVE_PADDLE) -> tuple[int, int] | None:
+    """(row, column) from the top-left of `rows` x the play area's columns of the one whole ball there in a
+    (210, 160) frame of colour classes (by default above the paddle, whose first row is the play area's),
+    or None where there is none, or more than one."""
+    area = frame[rows, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class
     whole = [mask for mask, size, _ in _ball_blobs(area) if size >= WHOLE_BALL_PX]
     return _top_left(whole[0]) if len(whole) == 1 else None
 
@@ -155,12 +156,8 @@ def serve_place(frame: np.ndarray, ball_class: int) -> tuple[int, int] | None:
     """(row, column) on the screen of the top-left pixel of the one whole ball between the bricks and the
     paddle of a (210, 160) frame of colour classes (where a ball after none was served), or None where there
     is none, or more than one."""
-    area = frame[BELOW_BRICKS, PLAY_LEFT:PLAY_RIGHT + 1] == ball_class
-    whole = [mask for mask, size, ball_sized in _ball_blobs(area) if ball_sized and size >= WHOLE_BALL_PX]
-    if len(whole) != 1:
-        return None
-    y, x = _top_left(whole[0])
-    return y + BELOW_BRICKS.start, x + PLAY_LEFT
+    ball = _whole_ball_top_left(frame, ball_class, BELOW_BRICKS)
+    return None if ball is None else (ball[0] + BELOW_BRICKS.start, ball[1] + PLAY_LEFT)
 
 
 def draw_serve_place(places: torch.Tensor, temperature: float = 1.0,
