@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.cli import positive_int, run_main  # noqa: E402
+from common.cli import non_negative_int, positive_int, run_main  # noqa: E402
 from common.game_eval import evaluate_game, game_headline, make_starts  # noqa: E402
 from common.neural_game import NeuralBreakout  # noqa: E402
 
@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--checkpoint-dir", default="checkpoints", help="where stages 3 and 5 saved their models")
     p.add_argument("--starts", type=positive_int, default=100, help="emulator states of each kind")
     p.add_argument("--threads", type=positive_int, default=1)
-    p.add_argument("--skip", type=int, default=0, help="leave out the first SKIP rows (each takes minutes)")
+    p.add_argument("--skip", type=non_negative_int, default=0, help="leave out the first SKIP rows (each takes minutes)")
     p.add_argument("--out", default=None, help="also write the measures of every row to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,7 +38,7 @@ def main() -> None:
     rules = ("ball in flight kept", "serve for sure", "ball at the paddle kept", "paddle kept whole",
              "serve at the recorded places", "broken bricks stay broken")
     results = {}
-    for added in range(min(max(args.skip, 0), len(rules)), len(rules) + 1):   # row k: the first k rules on
+    for added in range(min(args.skip, len(rules)), len(rules) + 1):   # row k: the first k rules on
         on = set(rules[:added])
         label = f"+ {rules[added - 1]}" if added else "committed ball"
         game.keep_ball_in_flight = "ball in flight kept" in on
