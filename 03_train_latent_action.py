@@ -27,7 +27,7 @@ from common.io import atomic_write_json, check_writable, load_checkpoint, run_lo
 from common.latent_action import CHECKPOINT_KIND, DEFAULT_CONFIG, SEEDS_CONFIG, LatentActionModel
 from common.latent_action_eval import evaluate_world_model
 from common.latent_training import (LoopSettings, LossSettings, TrainingMonitor, TrainingState, TransitionSampler,
-                                    save_training_state, train, validate)
+                                    bf16_pays, save_training_state, train, validate)
 from common.paths import latent_checkpoint, latent_dir, latent_metrics_path, training_lock
 from common.plots import plot_latent_training
 
@@ -107,6 +107,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: all cores; the smoke preset uses 1)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="arithmetic of the training updates (validation stays float32); auto: bf16 on CUDA and on "
+                        "CPUs with native bfloat16 (AVX-512 BF16 or AMX), fp32 elsewhere")
     p.add_argument("--seed", type=int, default=0)
     args = apply_preset(p.parse_args(), PRESETS)
     return args
@@ -234,16 +237,18 @@ def run(args: argparse.Namespace, device: torch.device, ranks: Ranks) -> None:
     val_rng = np.random.default_rng(1234)
     val_batches = [val_rng.integers(len(val), size=args.batch_size) for _ in range(args.val_batches)]
     n_params = sum(p.numel() for p in model.parameters())
+    bf16 = bf16_pays(args.precision, device)
     if ranks.is_main:
         print(f"latent action model: {n_params / 1e6:.2f}M parameters, k={model.context_frames}, "
               f"{model.num_codes} codes x {model.code_positions} position(s); {len(sampler)} train / {len(val)} "
-              f"val transitions; device {device}, {threads} threads"
+              f"val transitions; device {device}, {threads} threads, {'bf16' if bf16 else 'fp32'} updates"
               + (f" in each of {ranks.world_size} processes" if ranks.distributed else ""))
     flags = dict(vars(args))
     loss = LossSettings(args.motion_weight, args.keep_static, args.event_kl_weight, args.event_free_nats,
                         args.appear_weight, args.serve_weight)
     loop = LoopSettings(args.batch_size, args.lr, args.time_budget, args.max_steps, args.eval_every, args.vq_warmup,
-                        args.restart_every, args.dead_code_threshold, args.collapse_check_after)
+                        args.restart_every, args.dead_code_threshold, args.collapse_check_after,
+                        bf16)
 
     def save(name: str, elapsed: float) -> None:
         """"latest" is saved by all ranks together (it keeps each rank's random state for --resume);

@@ -19,6 +19,7 @@ from common.errors import UserError  # noqa: E402
 from common.frame_cache import cache_paths, load_frame_cache  # noqa: E402
 from common.latent_action import (BREAKOUT_PALETTE, LatentActionModel, PatchEmbedding, VectorQuantizer,  # noqa: E402
                                   fold_cells, load_latent_action_model)
+from common.latent_training import bf16_pays  # noqa: E402
 from conftest import run_script  # noqa: E402
 
 TINY = {"widths": [8, 8, 8], "encoder_width": 8}
@@ -240,6 +241,8 @@ def test_smoke_training_writes_checkpoints_and_metrics(smoke_latent):
         assert (folder / name).stat().st_size > 0, name
     latest = torch.load(folder / "latest.pt", weights_only=True)
     assert latest["kind"] == "latent_action" and latest["step"] > 0
+    weights = [t for t in latest["model"].values() if t.is_floating_point()]
+    assert weights and all(t.dtype == torch.float32 for t in weights)   # bf16 updates keep float32 weights
     metrics = json.loads((folder / "metrics.json").read_text())
     one = metrics["one_step"]
     assert np.isfinite([one["psnr"], one["ssim"], one["copy_last_psnr"], metrics["delta_psnr"]]).all()
@@ -247,6 +250,13 @@ def test_smoke_training_writes_checkpoints_and_metrics(smoke_latent):
     model = load_latent_action_model(smoke_latent, which="best")
     past = palette_frames((1, model.context_frames))
     assert model.predict(past, model.encode(past, past[:, -1])).shape == (1, 210, 160, 3)
+
+
+def test_bf16_updates_follow_the_flag_and_on_auto_the_cpu():
+    cpu = torch.device("cpu")
+    assert bf16_pays("bf16", cpu) and not bf16_pays("fp32", cpu)
+    assert bf16_pays("auto", cpu) == torch.cpu._is_avx512_bf16_supported()
+    assert bf16_pays("auto", torch.device("cuda")) and not bf16_pays("auto", torch.device("mps"))
 
 
 def test_resume_continues_from_latest(smoke_data, smoke_latent, tmp_path):
@@ -295,8 +305,10 @@ def test_a_trained_model_is_replaced_only_with_fresh(smoke_data, smoke_latent, t
     assert "Traceback" not in refused.stderr and best.read_bytes() == before
     both = run_script("03_train_latent_action.py", "--preset", "smoke", "--resume", "--fresh", *dirs)
     assert both.returncode == 2 and "one of --resume and --fresh" in both.stderr
-    fresh = run_script("03_train_latent_action.py", "--preset", "smoke", "--fresh", "--max-steps", "3", *dirs)
+    fresh = run_script("03_train_latent_action.py", "--preset", "smoke", "--fresh", "--max-steps", "3",
+                       "--precision", "fp32", *dirs)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert "fp32 updates" in fresh.stdout
     assert torch.load(paths.latent_checkpoint(root, "latest"), weights_only=True)["step"] == 3
 
 
