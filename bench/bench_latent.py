@@ -2,6 +2,7 @@
 
     python bench/bench_latent.py                       # our default vs the seeds' configuration
     python bench/bench_latent.py --configs ours --steps 30
+    python bench/bench_latent.py --configs ours --precision bf16   # 03's updates on a CPU with native bfloat16
 
 Uses real frames from the data set's frame cache when there is one (else random palette frames).
 The reference point is the seeds' own model: about 1.4 training samples/s (batch 8) on this 2-core CPU.
@@ -52,7 +53,8 @@ def bench_config(name: str, config: dict, args) -> dict:
 
     def train_step(b):
         past, nxt = batch(b)
-        recon, vq, *_ = loss_terms(model, past, nxt, 20.0, args.keep_static)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            recon, vq, *_ = loss_terms(model, past, nxt, 20.0, args.keep_static)
         optimizer.zero_grad(set_to_none=True)
         (recon + vq).backward()
         optimizer.step()
@@ -79,7 +81,7 @@ def bench_config(name: str, config: dict, args) -> dict:
             predict_ms.append((t1 - t0) * 1000)
             encode_ms.append((t2 - t1) * 1000)
     return {"config": name, "parameters": sum(p.numel() for p in model.parameters()),
-            "train_samples_per_s": train_sps, "batch_size": args.batch_size,
+            "train_samples_per_s": train_sps, "batch_size": args.batch_size, "precision": args.precision,
             "speedup_vs_seeds_model": train_sps / SEEDS_REFERENCE_SAMPLES_PER_S,
             "predict_ms_p50": float(np.percentile(predict_ms, 50)), "predict_ms_p95": float(np.percentile(predict_ms, 95)),
             "encode_ms_p50": float(np.percentile(encode_ms, 50)), "frames": source}
@@ -94,6 +96,8 @@ def main() -> None:
     p.add_argument("--warmup", type=positive_int, default=3)
     p.add_argument("--latency-steps", type=positive_int, default=50)
     p.add_argument("--keep-static", type=float, default=0.1)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="arithmetic of the timed training updates (bf16: autocast, as 03 uses on CPUs with AVX-512 BF16)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
