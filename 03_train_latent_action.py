@@ -108,8 +108,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: all cores; the smoke preset uses 1)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="arithmetic of the training updates (validation stays float32); auto: bf16 on CUDA and on "
-                        "CPUs with native bfloat16 (AVX-512 BF16 or AMX), fp32 elsewhere")
+                   help="arithmetic of the training updates (validation stays float32); auto: bf16 on CUDA, fp32 "
+                        "elsewhere. bf16 on a CPU with AVX-512 BF16 or AMX: 1.6-1.8x the updates, a trade (FINDINGS.md)")
     p.add_argument("--seed", type=int, default=0)
     args = apply_preset(p.parse_args(), PRESETS)
     return args

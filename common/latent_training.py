@@ -353,13 +353,12 @@ class LossModule(nn.Module):
 
 
 def bf16_pays(precision: str, device: torch.device) -> bool:
-    """Whether to train under bfloat16 autocast: on CUDA, and on CPUs with native bfloat16 arithmetic
-    (AVX-512 BF16 or AMX), where the stage-3 update ran 1.9x faster; elsewhere bfloat16 is emulated."""
+    """Whether to train under bfloat16 autocast. auto: on CUDA only. On a CPU with native bfloat16
+    (AVX-512 BF16 or AMX) `bf16` makes 1.6-1.8x the updates per minute, but the one pipeline run with
+    it drew the paddle worse in rollouts than float32 did on the same data (FINDINGS.md)."""
     if precision != "auto":
         return precision == "bf16"
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
+    return device.type == "cuda"
 
 
 def train(model: LatentActionModel, optimizer: torch.optim.Optimizer, sampler: TransitionSampler,
