@@ -27,7 +27,7 @@ from common.io import atomic_write_json, check_writable, load_checkpoint, run_lo
 from common.latent_action import CHECKPOINT_KIND, DEFAULT_CONFIG, SEEDS_CONFIG, LatentActionModel
 from common.latent_action_eval import evaluate_world_model
 from common.latent_training import (LoopSettings, LossSettings, TrainingMonitor, TrainingState, TransitionSampler,
-                                    bf16_pays, save_training_state, train, validate)
+                                    use_bf16, save_training_state, train, validate)
 from common.paths import latent_checkpoint, latent_dir, latent_metrics_path, training_lock
 from common.plots import plot_latent_training
 
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace, device: torch.device, ranks: Ranks) -> None:
     val_rng = np.random.default_rng(1234)
     val_batches = [val_rng.integers(len(val), size=args.batch_size) for _ in range(args.val_batches)]
     n_params = sum(p.numel() for p in model.parameters())
-    bf16 = bf16_pays(args.precision, device)
+    bf16 = use_bf16(args.precision, device)
     if ranks.is_main:
         print(f"latent action model: {n_params / 1e6:.2f}M parameters, k={model.context_frames}, "
               f"{model.num_codes} codes x {model.code_positions} position(s); {len(sampler)} train / {len(val)} "

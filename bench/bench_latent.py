@@ -97,7 +97,7 @@ def main() -> None:
     p.add_argument("--latency-steps", type=positive_int, default=50)
     p.add_argument("--keep-static", type=float, default=0.1)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="arithmetic of the timed training updates (bf16: autocast, as 03 uses on CPUs with AVX-512 BF16)")
+                   help="arithmetic of the timed training updates (bf16: autocast, as 03 --precision bf16)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the results as JSON here")

@@ -352,7 +352,7 @@ class LossModule(nn.Module):
                           loss.serve_weight)
 
 
-def bf16_pays(precision: str, device: torch.device) -> bool:
+def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether to train under bfloat16 autocast. auto: on CUDA only. On a CPU with native bfloat16
     (AVX-512 BF16 or AMX) `bf16` makes 1.6-1.8x the updates per minute, but the one pipeline run with
     it drew the paddle worse in rollouts than float32 did on the same data (FINDINGS.md)."""

@@ -19,7 +19,7 @@ from common.errors import UserError  # noqa: E402
 from common.frame_cache import cache_paths, load_frame_cache  # noqa: E402
 from common.latent_action import (BREAKOUT_PALETTE, LatentActionModel, PatchEmbedding, VectorQuantizer,  # noqa: E402
                                   fold_cells, load_latent_action_model)
-from common.latent_training import bf16_pays  # noqa: E402
+from common.latent_training import use_bf16  # noqa: E402
 from conftest import run_script  # noqa: E402
 
 TINY = {"widths": [8, 8, 8], "encoder_width": 8}
@@ -252,8 +252,8 @@ def test_smoke_training_writes_checkpoints_and_metrics(smoke_latent):
 
 def test_bf16_updates_follow_the_flag_and_on_auto_cuda_only():
     cpu = torch.device("cpu")
-    assert bf16_pays("bf16", cpu) and not bf16_pays("fp32", cpu) and not bf16_pays("auto", cpu)
-    assert bf16_pays("auto", torch.device("cuda")) and not bf16_pays("auto", torch.device("mps"))
+    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu) and not use_bf16("auto", cpu)
+    assert use_bf16("auto", torch.device("cuda")) and not use_bf16("auto", torch.device("mps"))
 
 
 def test_resume_continues_from_latest(smoke_data, smoke_latent, tmp_path):
