@@ -136,8 +136,10 @@ def model_config(args: argparse.Namespace, palette: list) -> dict:
             raise UserError(f"--code-grid must look like 7x5, got {args.code_grid!r}") from None
     if args.no_skips:
         config["skips"] = False
-    if args.code_grid and args.event_classes is None:
-        config["event_classes"] = 0   # the event latent conditions the single code only
+    if args.code_grid:
+        config["action_view"] = "screen"   # a grid of codes covers the whole screen
+        if args.event_classes is None:
+            config["event_classes"] = 0    # the event latent conditions the single code only
     return config
 
 

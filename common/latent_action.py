@@ -5,7 +5,8 @@ predicted as one colour class per pixel. The decoder outputs class logits at nat
 prediction is the most likely class per pixel, which keeps generated frames crisp: blur cannot pile
 up over a long rollout because every generated frame is again a valid palette image.
 
-  encoder:  (k past frames, next frame) -> one action code per transition (or a grid of codes, seeds' mode)
+  encoder:  (k past frames, next frame; paddle's rows) -> one action code per transition (or a grid of
+            codes over the whole screen, seeds' mode)
   event:    posterior (k past frames, next frame, screen above the paddle) -> one of E random-event classes
             prior     (k past frames, action code)                         -> a distribution over them
   decoder:  (k past frames, action code, event class)                      -> next frame
@@ -22,7 +23,9 @@ commits to one outcome instead (DreamerV3's discrete stochastic latent): in trai
 drawn from a posterior that sees the next frame, and a prior that sees only the past frames and the
 action code learns to predict it; in play the class is drawn from the prior, and the decoder draws
 that one outcome. The posterior sees the screen above the paddle only, so the paddle's motion, the
-player's choice, cannot leak into it: that stays the action code's job.
+player's choice, cannot leak into it: that stays the action code's job. The action code's encoder
+sees the other rows, from the paddle's down, so a brick breaking or a ball bouncing cannot leak into
+the code either: the action->latent map (Stage 5) only has to read the player's choice from it.
 """
 from __future__ import annotations
 
@@ -61,11 +64,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "copy_bias": True,          # start from "next frame = last frame" (a logit bonus for its colours)
     "ema_decay": 0.9,           # codebook EMA decay
     "commitment": 0.25,         # VQ commitment weight
+    "action_view": "paddle",    # what the action code's encoder sees: "paddle" (the rows from the paddle's
+                                # down, below the event posterior's) or "screen" (all; earlier models)
     "palette": BREAKOUT_PALETTE,
 }
 # the seeds' model (03 --seeds-config): one past frame, a 7x5 grid of 256 codes of dim 128, no skips
 SEEDS_CONFIG: dict[str, Any] = {"context_frames": 1, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128,
-                                "skips": False, "copy_bias": False, "event_classes": 0}
+                                "skips": False, "copy_bias": False, "event_classes": 0, "action_view": "screen"}
 
 
 def past_frame_rows(t: np.ndarray, k: int) -> np.ndarray:
@@ -332,6 +337,11 @@ class LatentActionModel(nn.Module):
             raise ValueError("the random event latent conditions the single action code; it does not combine "
                              "with code_grid (set event_classes to 0)")
         self.code_positions = self.grid[0] * self.grid[1] if self.grid else 1
+        self.action_view = c.get("action_view", "screen")
+        if self.action_view not in ("paddle", "screen"):
+            raise ValueError(f"action_view must be 'paddle' or 'screen', got {self.action_view!r}")
+        if self.grid and self.action_view == "paddle":
+            raise ValueError("a grid of codes covers the whole screen: set action_view to 'screen'")
         self.patch = int(c["patch"])
         self.pad_h, self.pad_w = padded_size(FRAME_H) - FRAME_H, padded_size(FRAME_W) - FRAME_W
         widths, P, k = list(c["widths"]), self.num_colours, self.context_frames
@@ -361,7 +371,11 @@ class LatentActionModel(nn.Module):
         e = int(c["encoder_width"])
         enc_patch = self.patch * 2
         self.encoder_stem = PatchEmbedding(k, enc_patch, P, e)   # k differences of the k + 1 frames
-        self.encoder = encoder_trunk(e, padded_size(FRAME_H) // enc_patch, self.grid[0] if self.grid else 7)
+        # "paddle": the rows the event posterior leaves out, so that the code can only say what the paddle
+        # did and a brick breaking or a ball bouncing goes to the event latent (FINDINGS.md)
+        self.action_first_row = EVENT_ROWS // enc_patch if self.action_view == "paddle" else 0
+        self.encoder = encoder_trunk(e, padded_size(FRAME_H) // enc_patch - self.action_first_row,
+                                     self.grid[0] if self.grid else 7)
         self.to_code = nn.Linear(2 * e if not self.grid else e, c["code_dim"])
         if self.event_classes:
             E, enc_rows = self.event_classes, padded_size(FRAME_H) // enc_patch
@@ -406,7 +420,7 @@ class LatentActionModel(nn.Module):
     def encode_indices(self, past: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """past (B,k,H,W), nxt (B,H,W) indices -> (quantized (B, positions, dim), codes (B, positions), vq loss)."""
         cells = fold_cells(self.pad(torch.cat([past, nxt[:, None]], 1)), self.encoder_stem.patch)
-        h = self.encoder(self.encoder_stem(cells, differences=True))
+        h = self.encoder(self.encoder_stem(cells[:, self.action_first_row:], differences=True))
         if self.grid:
             z = self.to_code(h.flatten(2).transpose(1, 2))                       # (B, positions, dim)
         else:
@@ -644,6 +658,8 @@ def load_latent_action_model(checkpoint_root: str | Path, device: str | torch.de
         raise UserError(f"which must be 'best' or 'latest', got {which!r}")
     path = latent_checkpoint(checkpoint_root, which)
     payload = load_checkpoint(path, CHECKPOINT_KIND, STAGE)
+    if isinstance(payload.get("config"), dict):   # models from before action_view saw the whole screen
+        payload["config"] = {"action_view": "screen", **payload["config"]}
     if isinstance(payload.get("config"), dict) and "event_classes" not in payload["config"]:
         raise UserError(f"{path} was trained by an earlier version, without the random event latent that "
                         f"serves the ball: re-run {STAGE}, then 04 and 05")

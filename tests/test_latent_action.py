@@ -34,8 +34,9 @@ def palette_frames(shape: tuple, seed: int = 0) -> torch.Tensor:
 
 def test_public_api_shapes_and_valid_pixels():
     for config, positions in ((TINY, 1), ({**TINY, "patch": 4, "widths": [8, 8, 8, 8]}, 1),
-                              ({**TINY, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128,
-                                "context_frames": 1, "skips": False, "event_classes": 0}, 35), ({**TINY, "event_classes": 0}, 1)):
+                              ({**TINY, "code_grid": [7, 5], "num_codes": 256, "code_dim": 128, "action_view": "screen",
+                                "context_frames": 1, "skips": False, "event_classes": 0}, 35),
+                              ({**TINY, "action_view": "screen"}, 1), ({**TINY, "event_classes": 0}, 1)):
         model = LatentActionModel(config).eval()
         k = model.context_frames
         past, nxt = palette_frames((2, k)), palette_frames((2,), seed=1)
@@ -53,8 +54,8 @@ def test_public_api_shapes_and_valid_pixels():
 
 
 def test_the_event_posterior_sees_the_screen_above_the_paddle_only():
-    """A paddle that moves changes the action code's encoder output only; a ball served mid-screen
-    changes the event posterior's."""
+    """A paddle that moves changes the action code's encoder output only; a ball served mid-screen or a
+    brick that breaks changes the event posterior's only."""
     model = LatentActionModel(TINY).eval()
     past = torch.zeros(2, model.context_frames, 210, 160, dtype=torch.uint8)
     nxt = torch.zeros(2, 210, 160, dtype=torch.uint8)
@@ -64,10 +65,28 @@ def test_the_event_posterior_sees_the_screen_above_the_paddle_only():
         z, events = model.last_z.clone(), model.event_posterior_logits(model.last_cells)
         assert torch.equal(events[0], events[1]) and not torch.equal(z[0], z[1])
         nxt[1, 124:128, 80:82] = 2                  # and a ball is served at y = 126
+        nxt[1, 57:63, 8:16] = 3                     # and a brick appears in the top rows
         model.encode_indices(past, nxt)
         assert not torch.equal(model.event_posterior_logits(model.last_cells)[1], events[1])
+        assert torch.equal(model.last_z[1], z[1])
     with pytest.raises(ValueError, match="does not combine"):
-        LatentActionModel({**TINY, "code_grid": [7, 5]})
+        LatentActionModel({**TINY, "code_grid": [7, 5], "action_view": "screen"})
+    with pytest.raises(ValueError, match="whole screen"):
+        LatentActionModel({**TINY, "code_grid": [7, 5], "event_classes": 0})
+
+
+def test_a_model_from_before_action_view_loads_with_the_whole_screen(tmp_path):
+    """Checkpoints saved without action_view (the shipped ones among them) keep their encoder."""
+    from common.io import save_checkpoint
+    from common.paths import latent_checkpoint
+    old = LatentActionModel({**TINY, "action_view": "screen"})
+    config = {key: value for key, value in old.config.items() if key != "action_view"}
+    path = latent_checkpoint(tmp_path, "best")
+    path.parent.mkdir(parents=True)
+    save_checkpoint(path, "latent_action", model=old.state_dict(), config=config)
+    loaded = load_latent_action_model(tmp_path)
+    assert loaded.action_view == "screen" and loaded.action_first_row == 0
+    assert LatentActionModel(TINY).action_first_row > 0
 
 
 def test_the_event_class_changes_the_drawn_frame_and_the_prior_sees_past_and_action():
