@@ -24,7 +24,8 @@ from common.distributed import Ranks, barrier, gather_objects, state_digest
 from common.errors import UserError
 from common.frame_cache import FrameCache, load_frame_cache
 from common.io import atomic_write_json, check_writable, load_checkpoint, run_lock
-from common.latent_action import CHECKPOINT_KIND, DEFAULT_CONFIG, SEEDS_CONFIG, LatentActionModel
+from common.latent_action import (CHECKPOINT_KIND, DEFAULT_CONFIG, SEEDS_CONFIG, LatentActionModel,
+                                  load_latent_action_model)
 from common.latent_action_eval import evaluate_world_model
 from common.latent_training import (LoopSettings, LossSettings, TrainingMonitor, TrainingState, TransitionSampler,
                                     use_bf16, save_training_state, train, validate)
@@ -298,10 +299,8 @@ def run(args: argparse.Namespace, device: torch.device, ranks: Ranks) -> None:
 def evaluate(args: argparse.Namespace, cache: FrameCache, device: torch.device, training: dict) -> None:
     """Held-out measures of best.pt (common/latent_action_eval.py) -> latent_action/metrics.json."""
     out_dir = latent_dir(args.checkpoint_dir)
-    state = load_checkpoint(latent_checkpoint(args.checkpoint_dir, "best"), CHECKPOINT_KIND, "03_train_latent_action.py")
-    best = LatentActionModel(state["config"])
-    best.load_state_dict(state["model"])
-    metrics = evaluate_world_model(best.to(device).eval(), cache, out_dir, episodes=args.eval_episodes,
+    best = load_latent_action_model(args.checkpoint_dir, device=device, which="best")
+    metrics = evaluate_world_model(best, cache, out_dir, episodes=args.eval_episodes,
                                    rollout_steps=args.rollout_steps, seed=args.seed)
     metrics["training"] = training
     atomic_write_json(latent_metrics_path(args.checkpoint_dir), metrics)

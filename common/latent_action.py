@@ -337,7 +337,7 @@ class LatentActionModel(nn.Module):
             raise ValueError("the random event latent conditions the single action code; it does not combine "
                              "with code_grid (set event_classes to 0)")
         self.code_positions = self.grid[0] * self.grid[1] if self.grid else 1
-        self.action_view = c.get("action_view", "screen")
+        self.action_view = c["action_view"]
         if self.action_view not in ("paddle", "screen"):
             raise ValueError(f"action_view must be 'paddle' or 'screen', got {self.action_view!r}")
         if self.grid and self.action_view == "paddle":
