@@ -659,11 +659,12 @@ def load_latent_action_model(checkpoint_root: str | Path, device: str | torch.de
         raise UserError(f"which must be 'best' or 'latest', got {which!r}")
     path = latent_checkpoint(checkpoint_root, which)
     payload = load_checkpoint(path, CHECKPOINT_KIND, STAGE)
-    if isinstance(payload.get("config"), dict):   # models from before action_view saw the whole screen
+    if isinstance(payload.get("config"), dict):
+        if "event_classes" not in payload["config"]:
+            raise UserError(f"{path} was trained by an earlier version, without the random event latent that "
+                            f"serves the ball: re-run {STAGE}, then 04 and 05")
+        # models from before action_view saw the whole screen
         payload["config"] = {"action_view": "screen", **payload["config"]}
-    if isinstance(payload.get("config"), dict) and "event_classes" not in payload["config"]:
-        raise UserError(f"{path} was trained by an earlier version, without the random event latent that "
-                        f"serves the ball: re-run {STAGE}, then 04 and 05")
     try:
         model = LatentActionModel(payload["config"])
         model.load_state_dict(payload["model"])
