@@ -27,8 +27,8 @@ from common.io import atomic_write_json, check_writable, load_checkpoint, run_lo
 from common.latent_action import (CHECKPOINT_KIND, DEFAULT_CONFIG, SEEDS_CONFIG, LatentActionModel,
                                   load_latent_action_model)
 from common.latent_action_eval import evaluate_world_model
-from common.latent_training import (LoopSettings, LossSettings, TrainingMonitor, TrainingState, TransitionSampler,
-                                    use_bf16, save_training_state, train, validate)
+from common.latent_training import (EVENT_INFO_FLOOR, LoopSettings, LossSettings, TrainingMonitor, TrainingState,
+                                    TransitionSampler, use_bf16, save_training_state, train, validate)
 from common.paths import latent_checkpoint, latent_dir, latent_metrics_path, training_lock
 from common.plots import plot_latent_training
 
@@ -72,6 +72,9 @@ def parse_args() -> argparse.Namespace:
                         "event posterior to what the prior cannot foresee")
     p.add_argument("--event-free-nats", type=non_negative_float, default=0.1,
                    help="event information per transition that costs nothing (free bits)")
+    p.add_argument("--event-info-floor", type=non_negative_float, default=EVENT_INFO_FLOOR,
+                   help="least information (nats) a batch's event classes must carry about its transitions, so "
+                        "the event latent cannot collapse onto one class (default log 2; 0: no floor)")
     p.add_argument("--seeds-config", action="store_true",
                    help="the seeds' model: 1 past frame, 7x5 grid of 256 codes of dim 128, no skips")
     p.add_argument("--motion-weight", type=non_negative_float, default=20.0,
@@ -248,7 +251,7 @@ def run(args: argparse.Namespace, device: torch.device, ranks: Ranks) -> None:
               + (f" in each of {ranks.world_size} processes" if ranks.distributed else ""))
     flags = dict(vars(args))
     loss = LossSettings(args.motion_weight, args.keep_static, args.event_kl_weight, args.event_free_nats,
-                        args.appear_weight, args.serve_weight)
+                        args.appear_weight, args.serve_weight, args.event_info_floor)
     loop = LoopSettings(args.batch_size, args.lr, args.time_budget, args.max_steps, args.eval_every, args.vq_warmup,
                         args.restart_every, args.dead_code_threshold, args.collapse_check_after,
                         bf16)

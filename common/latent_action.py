@@ -66,6 +66,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "commitment": 0.25,         # VQ commitment weight
     "action_view": "paddle",    # what the action code's encoder sees: "paddle" (the rows from the paddle's
                                 # down, below the event posterior's) or "screen" (all; earlier models)
+    "event_norm": True,         # layer norm before the event logits (False: earlier models, whose logits
+                                # could run into the hundreds and freeze the event latent)
     "palette": BREAKOUT_PALETTE,
 }
 # the seeds' model (03 --seeds-config): one past frame, a 7x5 grid of 256 codes of dim 128, no skips
@@ -383,6 +385,12 @@ class LatentActionModel(nn.Module):
             # posterior: the same encoder over the screen above the paddle's rows, (past, next) differences
             self.event_stem = PatchEmbedding(k, enc_patch, P, e)
             self.event_encoder = encoder_trunk(e, EVENT_ROWS // enc_patch, 7)
+            # layer norm in front of both heads' logits (DreamerV3 normalises every layer): without it the
+            # unnormalised trunks' features grew to norms of 100-600 within a few hundred updates, the
+            # softmaxes saturated and stopped learning, and on some seeds the event latent collapsed to one
+            # class for good (FINDINGS.md)
+            norm = bool(c["event_norm"])
+            self.event_features_norm = nn.LayerNorm(2 * e) if norm else nn.Identity()
             self.to_event_logits = nn.Linear(2 * e, E)
             self.event_embedding = nn.Linear(E, c["code_dim"], bias=False)   # one-hot in: straight-through
             # and a map over the bottleneck's grid: a ball served from nothing needs a place on the
@@ -396,8 +404,8 @@ class LatentActionModel(nn.Module):
             while rows > 7:   # the trunk's stride-2 steps (encoder_trunk)
                 rows, cols = -(-rows // 2), -(-cols // 2)
             grid_cells = rows * cols
-            self.prior_head = nn.Sequential(nn.Linear(e * grid_cells + c["code_dim"], 256), nn.SiLU(),
-                                            nn.Linear(256, E))
+            self.prior_head = nn.Sequential(nn.Linear(e * grid_cells + c["code_dim"], 256),
+                                            *([nn.LayerNorm(256)] if norm else []), nn.SiLU(), nn.Linear(256, E))
         self.vq = VectorQuantizer(self.num_codes, c["code_dim"], c["ema_decay"], c["commitment"])
         self.to(memory_format=torch.channels_last)  # what oneDNN convolutions run fastest on CPU
 
@@ -439,7 +447,8 @@ class LatentActionModel(nn.Module):
 
         Only the cell rows above the paddle: the player's choice shows at the paddle and stays out."""
         rows = EVENT_ROWS // self.event_stem.patch
-        return self.to_event_logits(mean_and_max(self.event_encoder(self.event_stem(cells[:, :rows], differences=True))))
+        features = mean_and_max(self.event_encoder(self.event_stem(cells[:, :rows], differences=True)))
+        return self.to_event_logits(self.event_features_norm(features))
 
     def event_prior_logits(self, past: torch.Tensor, action_vectors: torch.Tensor) -> torch.Tensor:
         """past (B, k, H, W) indices, action code vectors (B, 1, dim) -> (B, E) prior logits."""
@@ -663,8 +672,8 @@ def load_latent_action_model(checkpoint_root: str | Path, device: str | torch.de
         if "event_classes" not in payload["config"]:
             raise UserError(f"{path} was trained by an earlier version, without the random event latent that "
                             f"serves the ball: re-run {STAGE}, then 04 and 05")
-        # models from before action_view saw the whole screen
-        payload["config"] = {"action_view": "screen", **payload["config"]}
+        # models from before action_view saw the whole screen; those from before event_norm had none
+        payload["config"] = {"action_view": "screen", "event_norm": False, **payload["config"]}
     try:
         model = LatentActionModel(payload["config"])
         model.load_state_dict(payload["model"])

@@ -33,9 +33,15 @@ from common.metrics import perplexity
 SERVE_ZONE = (BRICK_TOP + BRICK_ROWS * BRICK_H, PADDLE_ROWS.start)   # original rows 93-188
 
 LOG_FIELDS = ["step", "minutes", "samples_per_s", "lr", "recon", "vq", "perplexity", "codes_used", "restarts",
-              "train_code_purity", "train_code_separation", "event_rate", "prior_kl", "event_perplexity",
+              "train_code_purity", "train_code_separation", "event_rate", "prior_kl", "event_perplexity", "event_info",
               "val_recon", "val_changed_acc", "val_code_purity", "val_code_separation", "val_event_rate",
               "val_prior_kl"]
+
+
+# The least information (nats) a batch's event classes must carry about its transitions. A healthy event
+# latent carries about 1 nat (its posterior splits the transitions 2-3 ways); one that has collapsed onto a
+# single class carries ~0.1 and never recovers, and the decoder then learns to serve by itself (FINDINGS.md).
+EVENT_INFO_FLOOR = math.log(2)
 
 
 @dataclass
@@ -47,6 +53,7 @@ class LossSettings:
     event_free_nats: float = 0.1
     appear_weight: float = 0.0
     serve_weight: float = 0.0
+    event_info_floor: float = EVENT_INFO_FLOOR
 
 
 @dataclass
@@ -145,9 +152,17 @@ def serve_zone(model: LatentActionModel, cell_rows: int, device: torch.device | 
     return ((rows >= SERVE_ZONE[0]) & (rows + model.patch <= SERVE_ZONE[1]))[:, None]
 
 
+def event_information(q: torch.Tensor) -> torch.Tensor:
+    """(B, E) posterior probabilities -> the mutual information (nats) between the batch's transitions and
+    their event classes: the entropy of the classes' average use less the mean entropy of each posterior.
+    It is 0 both when every transition gets the same class and when every posterior is uniform."""
+    usage = q.mean(0)
+    return -(usage * usage.log()).sum() + (q * q.log()).sum(-1).mean()
+
+
 def event_terms(model: LatentActionModel, past: torch.Tensor, quantized: torch.Tensor):
     """The random event latent in training: (decoder conditioning, rate KL(q || sg p), prior KL(sg q || p),
-    posterior classes drawn).
+    posterior classes drawn, posterior probabilities q).
 
     The class is drawn from the posterior q (it saw the next frame) and enters the decoder as a
     straight-through one-hot. The prior p sees the past frames and the action code (detached: the prior's
@@ -161,12 +176,13 @@ def event_terms(model: LatentActionModel, past: torch.Tensor, quantized: torch.T
     conditioning = torch.cat([quantized, model.event_vectors(onehot + q - q.detach()).to(quantized.dtype)], 1)
     rate = (q * (q.log() - p.detach().log())).sum(-1)
     prior_kl = (q.detach() * (q.detach().log() - p.log())).sum(-1)
-    return conditioning, rate, prior_kl, drawn
+    return conditioning, rate, prior_kl, drawn, q
 
 
 def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, motion_weight: float,
                keep_static: float = 1.0, event_kl_weight: float = 1.0, free_nats: float = 0.1,
-               appear_weight: float = 0.0, across_ranks: bool = False, serve_weight: float = 0.0):
+               appear_weight: float = 0.0, across_ranks: bool = False, serve_weight: float = 0.0,
+               info_floor: float = 0.0):
     """Per-pixel colour cross-entropy, + the VQ loss, + the event latent's losses.
 
     Cells near motion in the past frames (motion_cells) weigh 1 + motion_weight: that is where the
@@ -179,6 +195,9 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     The event rate is priced per nat as one weight-1 pixel's cross-entropy (the reconstruction is a mean
     over weighted pixels, so the rate is divided by the weighted pixels per frame): a served ball (8
     pixels, ~1.1 nats of place) is worth its rate, a detail the prior can foresee is not.
+    Where the batch's event classes carry less than `info_floor` nats about its transitions
+    (event_information), the shortfall is added to the loss, so the posterior cannot collapse onto one
+    class; above the floor it costs nothing.
     Under torchrun (`across_ranks`) the weight total is the mean over the ranks' shares of the batch, so
     the gradient that DistributedDataParallel averages is the one of the whole batch.
     Returns (recon, vq + event loss, codes, (logits, target, last, weight), event stats).
@@ -186,7 +205,7 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     quantized, codes, vq_loss = model.encode_indices(past, nxt)
     conditioning, stats = quantized, {}
     if model.event_classes:
-        conditioning, rate, prior_kl, drawn = event_terms(model, past, quantized)
+        conditioning, rate, prior_kl, drawn, q = event_terms(model, past, quantized)
     past_cells = fold_cells(model.pad(past), model.patch)            # (B, h, w, k, patch*patch) uint8
     features = model.decode_cell_features(past_cells, conditioning)
     target = model.fold_pixels(model.pad(nxt[:, None])[:, 0])        # uint8; the padding is class P
@@ -216,9 +235,11 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     latent_loss = vq_loss
     if model.event_classes:
         pixels_per_frame = weight_total / len(past)
+        information = event_information(q)
         latent_loss = (vq_loss + event_kl_weight * rate.clamp(min=free_nats).mean() / pixels_per_frame
-                       + prior_kl.mean())
-        stats = {"event_rate": rate.mean().item(), "prior_kl": prior_kl.mean().item(), "drawn": drawn}
+                       + prior_kl.mean() + (info_floor - information).clamp(min=0))
+        stats = {"event_rate": rate.mean().item(), "prior_kl": prior_kl.mean().item(), "drawn": drawn,
+                 "event_info": information.item()}
     return recon, latent_loss, codes, (logits, target, last, weight), stats
 
 
@@ -235,7 +256,7 @@ def validate(model: LatentActionModel, sampler: TransitionSampler, batches: list
         recon, _, codes, (logits, target, last, _), stats = loss_terms(model, past, nxt, loss.motion_weight, 1.0,
                                                                         loss.event_kl_weight, loss.event_free_nats,
                                                                         loss.appear_weight, False,
-                                                                        loss.serve_weight)
+                                                                        loss.serve_weight, loss.event_info_floor)
         changed = target != last
         correct = (logits.argmax(-1) == target) & changed
         totals["recon"] += recon.item()
@@ -280,7 +301,7 @@ class TrainingMonitor:
 
     def reset_window(self) -> None:
         self.codes, self.actions, self.events = [], [], []
-        self.sums = {"recon": 0.0, "vq": 0.0, "event_rate": 0.0, "prior_kl": 0.0}
+        self.sums = {"recon": 0.0, "vq": 0.0, "event_rate": 0.0, "prior_kl": 0.0, "event_info": 0.0}
         self.updates, self.samples, self.since = 0, 0, time.time()
 
     def add(self, recon: float, vq: float, stats: dict, codes: torch.Tensor, actions: np.ndarray) -> None:
@@ -288,6 +309,7 @@ class TrainingMonitor:
         self.sums["vq"] += vq
         self.sums["event_rate"] += stats.get("event_rate", 0.0)
         self.sums["prior_kl"] += stats.get("prior_kl", 0.0)
+        self.sums["event_info"] += stats.get("event_info", 0.0)
         self.updates += 1
         self.samples += len(actions) * world_size()   # the global batch under torchrun
         self.codes.append(codes[:, 0].cpu().numpy())
@@ -308,7 +330,7 @@ class TrainingMonitor:
                "train_code_separation": table["separation"], "event_rate": self.sums["event_rate"] / n,
                "prior_kl": self.sums["prior_kl"] / n,
                "event_perplexity": perplexity(np.bincount(events, minlength=self.event_classes) / len(events))
-               if events is not None else 0.0}
+               if events is not None else 0.0, "event_info": self.sums["event_info"] / n}
         return row, table
 
     def write(self, row: dict, val_row: dict, table: dict, bar: tqdm) -> None:
@@ -349,7 +371,7 @@ class LossModule(nn.Module):
         loss = self.loss
         return loss_terms(self.model, past, nxt, loss.motion_weight, loss.keep_static, loss.event_kl_weight,
                           loss.event_free_nats, loss.appear_weight, self.across_ranks,
-                          loss.serve_weight)
+                          loss.serve_weight, loss.event_info_floor)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

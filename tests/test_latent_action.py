@@ -75,18 +75,69 @@ def test_the_event_posterior_sees_the_screen_above_the_paddle_only():
         LatentActionModel({**TINY, "code_grid": [7, 5], "event_classes": 0})
 
 
-def test_a_model_from_before_action_view_loads_with_the_whole_screen(tmp_path):
-    """Checkpoints saved without action_view (the shipped ones among them) keep their encoder."""
+def test_a_model_from_before_action_view_and_event_norm_loads_as_it_was_trained(tmp_path):
+    """Checkpoints saved without action_view and event_norm (the shipped ones among them) keep their encoder
+    over the whole screen and their event heads without layer norm."""
     from common.io import save_checkpoint
     from common.paths import latent_checkpoint
-    old = LatentActionModel({**TINY, "action_view": "screen"})
-    config = {key: value for key, value in old.config.items() if key != "action_view"}
+    old = LatentActionModel({**TINY, "action_view": "screen", "event_norm": False})
+    config = {key: value for key, value in old.config.items() if key not in ("action_view", "event_norm")}
     path = latent_checkpoint(tmp_path, "best")
     path.parent.mkdir(parents=True)
     save_checkpoint(path, "latent_action", model=old.state_dict(), config=config)
     loaded = load_latent_action_model(tmp_path)
     assert loaded.action_view == "screen" and loaded.action_first_row == 0
+    assert isinstance(loaded.event_features_norm, torch.nn.Identity) and len(loaded.prior_head) == 3
     assert LatentActionModel(TINY).action_first_row > 0
+
+
+def test_the_event_logits_stay_bounded_when_the_trunks_features_grow():
+    """Without layer norm the event heads' logits scale with their unnormalised trunks' features (which grew
+    into the hundreds in training and froze the softmaxes); with it they do not."""
+    past = palette_frames((2, 3))
+    nxt = palette_frames((2,), seed=1)
+    for event_norm in (True, False):
+        torch.manual_seed(0)
+        model = LatentActionModel({**TINY, "event_norm": event_norm}).eval()
+        spreads = []
+        for scale in (1.0, 50.0):
+            with torch.no_grad():
+                if scale != 1.0:
+                    for stem in (model.event_stem, model.prior_stem):
+                        stem.proj.weight.mul_(scale)
+                        stem.proj.bias.mul_(scale)
+                index, code = model.to_index(past), torch.zeros(2, 1, dtype=torch.long)
+                model.encode_indices(index, model.to_index(nxt))
+                posterior = model.event_posterior_logits(model.last_cells)
+                prior = model.event_prior(index, code)
+                spreads.append(torch.stack([posterior.amax(-1) - posterior.amin(-1), prior.amax(-1) - prior.amin(-1)]))
+        growth = spreads[1] / spreads[0]
+        if event_norm:
+            assert (growth < 3).all(), growth
+        else:
+            assert (growth > 10).all(), growth
+
+
+def test_the_event_information_is_zero_for_one_class_or_uniform_posteriors_and_floored_in_the_loss():
+    from common.latent_training import event_information, loss_terms
+
+    one_class = torch.full((8, 4), 0.01)
+    one_class[:, 2] = 0.97
+    assert event_information(one_class).abs() < 1e-5
+    assert event_information(torch.full((8, 4), 0.25)).abs() < 1e-5
+    halves = one_class.clone()
+    halves[4:] = halves[4:].roll(1, -1)                  # half the transitions get another class
+    assert abs(event_information(halves).item() - (np.log(2) - 0.0)) < 0.2
+    model = LatentActionModel(TINY).eval()           # eval: the class is the posterior's argmax, the codebook stays
+    past, nxt = model.to_index(palette_frames((4, 3))), model.to_index(palette_frames((4,), seed=2))
+    losses = []
+    for floor in (0.0, 5.0):                             # 5 nats: above what 4 transitions can carry
+        torch.manual_seed(3)
+        _, latent_loss, _, _, stats = loss_terms(model, past, nxt, 20.0, 1.0, info_floor=floor)
+        losses.append(latent_loss)
+    assert torch.allclose(losses[1] - losses[0], torch.tensor(5.0 - stats["event_info"]), atol=1e-4)
+    losses[1].backward()
+    assert model.to_event_logits.weight.grad.abs().sum() > 0
 
 
 def test_the_event_class_changes_the_drawn_frame_and_the_prior_sees_past_and_action():
@@ -126,7 +177,7 @@ def test_the_prior_loss_does_not_reshape_the_action_code():
     model = LatentActionModel(TINY).train()
     past, nxt = model.to_index(palette_frames((4, model.context_frames))), model.to_index(palette_frames((4,), seed=2))
     quantized, _, _ = model.encode_indices(past, nxt)
-    _, rate, prior_kl, drawn = event_terms(model, past, quantized)
+    _, rate, prior_kl, drawn, _ = event_terms(model, past, quantized)
     prior_kl.mean().backward(retain_graph=True)
     assert all(p.grad is None for p in [*model.encoder.parameters(), *model.to_code.parameters(),
                                         *model.event_encoder.parameters(), *model.to_event_logits.parameters()])
