@@ -66,8 +66,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "commitment": 0.25,         # VQ commitment weight
     "action_view": "paddle",    # what the action code's encoder sees: "paddle" (the rows from the paddle's
                                 # down, below the event posterior's) or "screen" (all; earlier models)
-    "event_norm": True,         # layer norm before the event logits (False: earlier models, whose logits
-                                # could run into the hundreds and freeze the event latent)
+    "event_norm": True,         # layer norm before the event heads' logits (False: earlier models, whose
+                                # logits could run into the hundreds and stop learning)
     "palette": BREAKOUT_PALETTE,
 }
 # the seeds' model (03 --seeds-config): one past frame, a 7x5 grid of 256 codes of dim 128, no skips
@@ -386,9 +386,8 @@ class LatentActionModel(nn.Module):
             self.event_stem = PatchEmbedding(k, enc_patch, P, e)
             self.event_encoder = encoder_trunk(e, EVENT_ROWS // enc_patch, 7)
             # layer norm in front of both heads' logits (DreamerV3 normalises every layer): without it the
-            # unnormalised trunks' features grew to norms of 100-600 within a few hundred updates, the
-            # softmaxes saturated and stopped learning, and on some seeds the event latent collapsed to one
-            # class for good (FINDINGS.md)
+            # unnormalised trunks' features grew to norms of several hundred within a few hundred updates and
+            # the softmaxes saturated, so that the prior stopped learning (FINDINGS.md)
             norm = bool(c["event_norm"])
             self.event_features_norm = nn.LayerNorm(2 * e) if norm else nn.Identity()
             self.to_event_logits = nn.Linear(2 * e, E)

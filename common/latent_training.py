@@ -39,8 +39,8 @@ LOG_FIELDS = ["step", "minutes", "samples_per_s", "lr", "recon", "vq", "perplexi
 
 
 # The least information (nats) a batch's event classes must carry about its transitions. A healthy event
-# latent carries about 1 nat (its posterior splits the transitions 2-3 ways); one that has collapsed onto a
-# single class carries ~0.1 and never recovers, and the decoder then learns to serve by itself (FINDINGS.md).
+# latent carries about 1 nat (its posterior splits the transitions a few ways); one that had collapsed onto
+# a single class carried almost none, never recovered, and its decoder learned to serve by itself (FINDINGS.md).
 EVENT_INFO_FLOOR = math.log(2)
 
 
@@ -345,7 +345,8 @@ class TrainingMonitor:
                         sep=f"{table['separation']:.2f}", sps=f"{row['samples_per_s']:.0f}")
         tqdm.write(f"step {row['step']}: recon {row['recon']:.4f} perplexity {row['perplexity']:.2f} event rate "
                    f"{row['event_rate']:.2f} nats, prior KL {row['prior_kl']:.2f}, event perplexity "
-                   f"{row['event_perplexity']:.1f}; codes per action {table['histogram_text']}"
+                   f"{row['event_perplexity']:.1f}, information {row['event_info']:.2f} nats; codes per action "
+                   f"{table['histogram_text']}"
                    + (f" | val recon {val_row['recon']:.4f} changed-pixel acc {val_row['changed_acc']:.3f}"
                       if val_row else ""))
         self.reset_window()
