@@ -196,8 +196,9 @@ def loss_terms(model: LatentActionModel, past: torch.Tensor, nxt: torch.Tensor, 
     over weighted pixels, so the rate is divided by the weighted pixels per frame): a served ball (8
     pixels, ~1.1 nats of place) is worth its rate, a detail the prior can foresee is not.
     Where the batch's event classes carry less than `info_floor` nats about its transitions
-    (event_information), the shortfall is added to the loss, so the posterior cannot collapse onto one
-    class; above the floor it costs nothing.
+    (event_information), the shortfall is added to the loss in nats, unscaled, so that it outweighs the
+    reconstruction and the posterior spreads at once rather than collapse onto one class; above the
+    floor it costs nothing. Under torchrun each rank measures its own share of the batch.
     Under torchrun (`across_ranks`) the weight total is the mean over the ranks' shares of the batch, so
     the gradient that DistributedDataParallel averages is the one of the whole batch.
     Returns (recon, vq + event loss, codes, (logits, target, last, weight), event stats).
