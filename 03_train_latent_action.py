@@ -155,8 +155,12 @@ def restore(path: Path, model: LatentActionModel, optimizer: torch.optim.Optimiz
     rank that the saved run did not have keeps its own seeded random state."""
     saved = load_checkpoint(path, CHECKPOINT_KIND, "03_train_latent_action.py (without --resume)")
     if saved["config"] != config:
+        missing = sorted(set(config) - set(saved["config"]))
+        if missing:
+            raise UserError(f"--resume: {path} was trained by an earlier version of this code (without "
+                            f"{', '.join(missing)}): start over with --fresh")
         raise UserError("--resume: latest.pt was trained with another model configuration; "
-                        "use the same flags or start over without --resume")
+                        "use the same flags or start over with --fresh")
     if saved.get("data_fingerprint") != fingerprint:
         raise UserError(f"--resume: {path} was trained on another data set than {args.data_dir} "
                         f"(recorded again since?): resume on the same data, or start over with --fresh")

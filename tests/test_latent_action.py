@@ -352,6 +352,12 @@ def test_resume_continues_from_latest(smoke_data, smoke_latent, tmp_path):
     moved = run_script("03_train_latent_action.py", "--preset", "smoke", "--resume", "--data-dir", str(other),
                        "--checkpoint-dir", str(root), "--log-dir", str(tmp_path / "runs"), "--max-steps", "999")
     assert moved.returncode == 2 and "another data set" in moved.stderr and "Traceback" not in moved.stderr
+    saved = torch.load(paths.latent_checkpoint(root, "latest"), weights_only=True)
+    del saved["config"]["event_norm"]                                     # as saved before the key existed
+    torch.save(saved, paths.latent_checkpoint(root, "latest"))
+    older = run_script("03_train_latent_action.py", "--preset", "smoke", "--resume", "--data-dir", str(smoke_data),
+                       "--checkpoint-dir", str(root), "--log-dir", str(tmp_path / "runs"), "--max-steps", "999")
+    assert older.returncode == 2 and "earlier version" in older.stderr and "--fresh" in older.stderr
 
 
 def test_an_output_folder_that_cannot_be_written_stops_before_training(smoke_data, tmp_path):
