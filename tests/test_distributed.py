@@ -25,6 +25,13 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.Com
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def failure(result: subprocess.CompletedProcess) -> str:
+    """What a failed run said: torchrun ends stderr with its own traceback, so the ranks' error lines
+    first, then the tail."""
+    errors = [line for line in result.stderr.splitlines() if "Error" in line and "ChildFailedError" not in line]
+    return "\n".join(errors[:20]) + "\n...\n" + result.stderr[-2000:]
+
+
 def smoke_args(data, root, *extra: str) -> list[str]:
     return ["03_train_latent_action.py", "--preset", "smoke", "--data-dir", str(data), "--checkpoint-dir",
             str(root), "--log-dir", str(root / "runs"), *extra]
@@ -36,9 +43,9 @@ def latest(root) -> dict:
 
 def test_two_processes_train_what_one_process_trains(smoke_data, tmp_path):
     one = run_script(*smoke_args(smoke_data, tmp_path / "one", *DETERMINISTIC))
-    assert one.returncode == 0, one.stderr[-3000:]
+    assert one.returncode == 0, failure(one)
     two = torchrun(*smoke_args(smoke_data, tmp_path / "two", *DETERMINISTIC))
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, failure(two)
     single, double = latest(tmp_path / "one"), latest(tmp_path / "two")
     assert single["step"] == double["step"] == 20
     assert (single["world_size"], double["world_size"]) == (1, 2)
@@ -52,7 +59,7 @@ def test_two_processes_train_what_one_process_trains(smoke_data, tmp_path):
 def test_ranks_keep_one_model_rank_0_writes_and_resume_crosses_process_counts(smoke_data, tmp_path):
     root = tmp_path / "ck"
     first = torchrun(*smoke_args(smoke_data, root, "--max-steps", "12"))
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, failure(first)
     metrics = (paths.latent_metrics_path(root)).read_text()
     assert '"world_size": 2' in metrics and '"ranks_identical": true' in metrics
     assert first.stdout.count("trained 12 updates") == 1                       # rank 0 alone reports
@@ -62,12 +69,12 @@ def test_ranks_keep_one_model_rank_0_writes_and_resume_crosses_process_counts(sm
     assert state["world_size"] == 2 and len(state["torch_rng"]) == 2
 
     alone = run_script(*smoke_args(smoke_data, root, "--resume", "--max-steps", "18", "--time-budget", "5"))
-    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert alone.returncode == 0, failure(alone)
     assert "resumed from step 12" in alone.stdout and "in 2 processes" in alone.stdout
     assert latest(root)["step"] == 18 and latest(root)["world_size"] == 1
 
     again = torchrun(*smoke_args(smoke_data, root, "--resume", "--max-steps", "24", "--time-budget", "5"))
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, failure(again)
     assert "resumed from step 18" in again.stdout
     assert latest(root)["step"] == 24 and latest(root)["world_size"] == 2
     assert '"ranks_identical": true' in paths.latent_metrics_path(root).read_text()
